@@ -1,0 +1,8 @@
+"""Denoisers and other dose-prediction networks, one file per architecture, registered by name."""
+
+from mddose.models.registry import (
+    ModelConfig, available_models, build_model, build_model_from_dict, make_config, register_model,
+)
+
+__all__ = ["ModelConfig", "available_models", "build_model", "build_model_from_dict", "make_config",
+           "register_model"]
