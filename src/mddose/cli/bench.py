@@ -1,5 +1,27 @@
-"""`mddose bench` — not yet implemented (placeholder registering nothing)."""
+"""``mddose bench NAME`` — run one benchmark (numbers recorded in BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import importlib
+
+#: benchmark name → (module under mddose.bench, one-line help)
+BENCHMARKS = {
+    "scan": ("scan", "selective scan: reference vs fast path vs mambapy (time, peak memory)"),
+    "io": ("io", "reading OpenKBP patients from CSV and from the cache"),
+    "dataset": ("dataset", "building the slice dataset from the shared OpenKBP patients"),
+    "model": ("model", "denoiser parameters, s/iteration, training throughput, whole-patient prediction"),
+    "evaluate": ("evaluate", "dose/DVH scores of the shared patients and 3D gamma"),
+}
 
 
 def register(sub) -> None:
-    """Add this module's sub-command(s) to sub."""
+    p = sub.add_parser("bench", help="run a benchmark")
+    bsub = p.add_subparsers(dest="bench", metavar="NAME", parser_class=type(p))
+    for name, (module, help_) in BENCHMARKS.items():
+        bp = bsub.add_parser(name, help=help_)
+        try:
+            mod = importlib.import_module(f"mddose.bench.{module}")
+        except ImportError:
+            continue
+        mod.add_arguments(bp)
+        bp.set_defaults(func=mod.run)
