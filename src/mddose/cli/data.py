@@ -1,5 +1,105 @@
-"""`mddose data` — not yet implemented (placeholder registering nothing)."""
+"""``mddose data inspect|convert|phantom`` — look at, convert and generate patients."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mddose.errors import MddoseError
 
 
 def register(sub) -> None:
-    """Add this module's sub-command(s) to sub."""
+    """Add ``data`` with its sub-commands to ``sub``."""
+    p = sub.add_parser("data", help="inspect, convert or generate patients")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", parser_class=type(p))
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    ins = dsub.add_parser("inspect", help="ROIs, volumes, dose statistics and problems of patient(s)")
+    ins.add_argument("path", help="a patient directory or a directory of patient directories")
+    ins.add_argument("--format", choices=("openkbp", "nifti", "dicom"), help="input format (default: detect)")
+    ins.add_argument("--json", action="store_true", help="print JSON (an object, or a list for a directory)")
+    ins.add_argument("--no-cache", action="store_true", help="don't use the parsed-patient cache")
+    ins.set_defaults(func=_inspect)
+
+    conv = dsub.add_parser("convert", help="convert patient(s) between OpenKBP, NIfTI and DICOM")
+    conv.add_argument("src", help="a patient directory or a directory of patient directories")
+    conv.add_argument("dst", help="output directory (must not exist unless --force)")
+    conv.add_argument("--to", required=True, choices=("openkbp", "nifti", "dicom"), help="output format")
+    conv.add_argument("--from", dest="src_format", choices=("openkbp", "nifti", "dicom"),
+                      help="input format (default: detect)")
+    conv.add_argument("--force", action="store_true", help="replace an existing output")
+    conv.set_defaults(func=_convert)
+
+    ph = dsub.add_parser("phantom", help="write synthetic phantom patients")
+    ph.add_argument("--n", type=int, required=True, help="number of phantoms")
+    ph.add_argument("--out", required=True, help="output directory")
+    ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--size", type=int, choices=(64, 128), default=64)
+    ph.add_argument("--format", choices=("openkbp", "nifti"), default="openkbp")
+    ph.add_argument("--force", action="store_true", help="replace an existing output")
+    ph.set_defaults(func=_phantom)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from mddose.data.io import inspect_patient, load_patient, load_patients, patient_dirs
+
+    single = patient_dirs(args.path) == [Path(args.path)]
+    if single:  # errors propagate as one line
+        patients, bad = [load_patient(args.path, args.format, cache=not args.no_cache)], []
+    else:  # bad patients are logged as warnings, the rest inspected
+        patients, bad = load_patients(args.path, args.format, cache=not args.no_cache)
+    if not patients:
+        raise MddoseError(f"no patient could be read ({len(bad)} failed)", args.path)
+    infos = [inspect_patient(p) for p in patients]
+    if args.json:
+        print(json.dumps(infos[0] if single else infos, indent=1))
+    else:
+        print("\n\n".join(format_inspection(i) for i in infos))
+    return 0
+
+
+def format_inspection(info: dict) -> str:
+    """Plain-text table of one :func:`mddose.data.io.inspect_patient` report."""
+    sz, sy, sx = info["spacing"]
+    lines = [f"patient {info['id']}  ({info.get('format')})  shape {tuple(info['shape'])} (z, y, x)  "
+             f"spacing {sz:g} x {sy:g} x {sx:g} mm"]
+    dose = info["dose"]
+    if dose is None:
+        lines.append("dose: none")
+    else:
+        lines.append(f"dose: max {dose['max']:.2f} Gy, mean in possible-dose mask {dose['mean']:.2f} Gy")
+    lines.append(f"{'ROI':<16}{'type':<12}{'voxels':>9}{'cc':>10}{'mean Gy':>10}")
+    for name, roi in info["rois"].items():
+        kind = f"target {info['targets'][name]:g}" if name in info["targets"] else "OAR"
+        md = roi.get("mean_dose")
+        md_s = f"{md:10.2f}" if md is not None else f"{'-':>10}"
+        lines.append(f"{name:<16}{kind:<12}{roi['voxels']:>9d}{roi['cc']:>10.1f}{md_s}")
+    problems = info["problems"]
+    lines.append("problems: none" if not problems else "problems:")
+    lines += [f"  - {p}" for p in problems]
+    return "\n".join(lines)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from mddose.data.io import convert
+
+    written, bad = convert(args.src, args.dst, args.to, src_format=args.src_format, force=args.force,
+                           progress=sys.stderr.isatty())
+    print(f"converted {len(written)} patient(s) to {args.to} in {args.dst}"
+          + (f"; {len(bad)} skipped" if bad else ""))
+    return 0
+
+
+def _phantom(args: argparse.Namespace) -> int:
+    if args.n < 1:
+        raise MddoseError(f"--n must be at least 1, got {args.n}")
+    try:
+        from mddose.data.phantom import write_phantoms
+    except ImportError as exc:
+        raise MddoseError(f"phantom generator not available ({exc})") from None
+    paths = write_phantoms(args.n, args.out, seed=args.seed, size=args.size, format=args.format,
+                           force=args.force)
+    print(f"wrote {len(paths)} phantom(s) to {args.out}")
+    return 0
