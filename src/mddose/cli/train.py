@@ -1,5 +1,44 @@
-"""`mddose train` — not yet implemented (placeholder registering nothing)."""
+"""`mddose train` — train a denoiser from a JSON config (see :mod:`mddose.train.config`)."""
+
+from __future__ import annotations
+
+import argparse
 
 
 def register(sub) -> None:
-    """Add this module's sub-command(s) to sub."""
+    """Add ``mddose train`` to the sub-parsers."""
+    p = sub.add_parser("train", help="train a dose-prediction diffusion model from a JSON config",
+                       description="Train a model. Configs are JSON files (see mddose/configs/demo.json); "
+                                   "a built-in config can be named: --config demo | openkbp. "
+                                   "For several GPUs run it under torchrun.")
+    p.add_argument("--config", required=True, help="JSON config file, or the name of a built-in config")
+    p.add_argument("--out", default=None, help="output directory (default: runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after M minutes")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps in total")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: from the config)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mddose.errors import MddoseError
+    from mddose.train.config import builtin_config, load_train_config
+    from mddose.train.trainer import train
+
+    path = Path(args.config)
+    if not path.exists() and "/" not in args.config and not args.config.endswith(".json"):
+        path = builtin_config(args.config)
+    if args.epochs is not None and args.epochs < 1:
+        raise MddoseError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        raise MddoseError(f"--max-minutes must be > 0, got {args.max_minutes}")
+    cfg = load_train_config(path, epochs=args.epochs, max_steps=args.max_steps, device=args.device,
+                            time_budget_s=None if args.max_minutes is None else args.max_minutes * 60)
+    out = Path(args.out) if args.out else Path("runs") / path.stem
+    best = train(cfg, out, resume=args.resume, progress=not args.no_progress)
+    print(f"best checkpoint: {best}")
+    return 0

@@ -1,0 +1,122 @@
+"""DDPM noise schedule and training loss (Ho et al. 2020), ε-prediction.
+
+Units
+-----
+The trainer and the samplers speak *data units*: ``x0 = dose / reference_dose`` ∈ [0, ~1].
+Internally the diffusion runs in *model space* ``[-1, 1]``: ``x = 2 * x0 - 1``
+(:meth:`GaussianDiffusion.to_model`, inverse :meth:`GaussianDiffusion.to_data`). Every ``x_t``,
+``q_sample`` argument and x̂0 clip refers to model space.
+
+The schedule is hand-written (≈100 lines, tested against a NumPy computation) rather than taken
+from ``diffusers``: it keeps the dependency list short, the constants are float64 and exact, and
+the samplers need only ``alphas_cumprod``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+import torch.nn.functional as F
+
+from mddose.errors import MddoseError
+
+Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
+SCHEDULES = ("linear", "cosine")
+
+
+def make_betas(num_timesteps: int, beta_start: float, beta_end: float, schedule: str) -> np.ndarray:
+    """(T,) float64 betas. ``linear``: Ho et al.; ``cosine``: Nichol & Dhariwal (2021), clipped at 0.999."""
+    if schedule == "linear":
+        return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
+    if schedule == "cosine":
+        s = 0.008
+        f = lambda t: math.cos((t / num_timesteps + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+        return np.array([min(1 - f(i + 1) / f(i), 0.999) for i in range(num_timesteps)], dtype=np.float64)
+    raise MddoseError(f"diffusion schedule: unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+class GaussianDiffusion:
+    """Discrete DDPM with ``num_timesteps`` steps; the network predicts the noise ε.
+
+    Attributes (float64 CPU tensors, shape (T,)): ``betas``, ``alphas``, ``alphas_cumprod``
+    (ᾱ_t), ``sqrt_alphas_cumprod``, ``sqrt_one_minus_alphas_cumprod``.
+    """
+
+    def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+                 schedule: str = "linear"):
+        if int(num_timesteps) < 1:
+            raise MddoseError(f"diffusion: num_timesteps must be >= 1, got {num_timesteps}")
+        if not (0 < beta_start <= beta_end < 1):
+            raise MddoseError(f"diffusion: need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
+        self.num_timesteps = int(num_timesteps)
+        self.beta_start, self.beta_end, self.schedule = float(beta_start), float(beta_end), schedule
+        betas = make_betas(self.num_timesteps, self.beta_start, self.beta_end, schedule)
+        self.betas = torch.from_numpy(betas)
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
+
+    # ------------------------------------------------------------------ config / units
+    def to_dict(self) -> dict[str, Any]:
+        return {"num_timesteps": self.num_timesteps, "beta_start": self.beta_start,
+                "beta_end": self.beta_end, "schedule": self.schedule}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GaussianDiffusion":
+        return cls(**d)
+
+    @staticmethod
+    def to_model(x0: Tensor) -> Tensor:
+        """Data units [0, 1] → model space [-1, 1]."""
+        return 2.0 * x0 - 1.0
+
+    @staticmethod
+    def to_data(x: Tensor) -> Tensor:
+        """Model space [-1, 1] → data units [0, 1]."""
+        return (x + 1.0) * 0.5
+
+    def _extract(self, arr: Tensor, t: Tensor, like: Tensor) -> Tensor:
+        """``arr[t]`` as (B, 1, ..., 1) in ``like``'s dtype/device."""
+        out = arr.to(like.device)[t.to(like.device).long()].to(like.dtype)
+        return out.view(-1, *([1] * (like.ndim - 1)))
+
+    # ------------------------------------------------------------------ forward process
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """x_t = sqrt(ᾱ_t) x0 + sqrt(1-ᾱ_t) ε.  x0, noise: (B, ...) in model space; t: (B,) long."""
+        return self._extract(self.sqrt_alphas_cumprod, t, x0) * x0 + \
+            self._extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+
+    def predict_x0(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """x̂0 = (x_t - sqrt(1-ᾱ_t) ε) / sqrt(ᾱ_t) (model space, unclipped)."""
+        return (x_t - self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / \
+            self._extract(self.sqrt_alphas_cumprod, t, x_t)
+
+    def sample_t(self, batch: int, generator: torch.Generator | None = None, device=None) -> Tensor:
+        """(batch,) long timesteps uniform in [0, T)."""
+        gdev = generator.device if generator is not None else device
+        return torch.randint(0, self.num_timesteps, (batch,), generator=generator, device=gdev).to(device)
+
+    def loss(self, model: nn.Module | Denoiser, x0: Tensor, cond: Tensor, generator: torch.Generator | None = None,
+             *, t: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
+        """Scalar MSE between ε and ``model(x_t, t, cond)`` (Ho et al.'s simple loss).
+
+        Args:
+            x0: (B, 1, H, W) target in data units (dose / reference dose, [0, ~1]).
+            cond: (B, C, H, W) conditioning.
+            generator: draws ``t`` and ``noise`` when they are not given.
+            t: (B,) long timesteps; noise: (B, 1, H, W) standard normal (model space).
+        """
+        xm = self.to_model(x0)
+        if t is None:
+            t = self.sample_t(xm.shape[0], generator, xm.device)
+        if noise is None:
+            gdev = generator.device if generator is not None else xm.device
+            noise = torch.randn(xm.shape, generator=generator, device=gdev, dtype=xm.dtype).to(xm.device)
+        x_t = self.q_sample(xm, t, noise)
+        pred = model(x_t, t, cond)
+        return F.mse_loss(pred.float(), noise.float())

@@ -1,0 +1,306 @@
+"""The training loop: DDPM ε-loss, Adam, EMA, gradient clipping, AMP (CUDA), DDP, exact resume.
+
+Output directory layout::
+
+    out/last/        checkpoint written every epoch (and every ``checkpoint_every`` steps, and at the end)
+    out/best/        copy of the checkpoint with the lowest validation score (Gy)
+    out/logs/        train.csv (step, epoch, loss, lr, time), val.csv, tensorboard/ (if available)
+    out/train_config.json
+
+Exact resume: everything that influences the next step is in the checkpoint (weights, EMA, Adam
+state, GradScaler, torch/NumPy/Python RNG states, the noise generator, epoch and position in the
+epoch); data order and augmentation are functions of ``(seed, epoch, index)``. A run killed at any
+moment and continued with ``resume=True`` therefore reaches bitwise the same weights on CPU as an
+uninterrupted one (on CUDA up to non-deterministic kernels).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from mddose.diffusion import GaussianDiffusion
+from mddose.errors import MddoseError
+from mddose.train.checkpoint import checkpoint_config, load_train_state, save_checkpoint
+from mddose.train.config import TrainConfig, load_train_config
+from mddose.train.distributed import (DistInfo, EpochBatchSampler, all_reduce_mean, barrier, cleanup_distributed,
+                                      init_distributed)
+from mddose.train.ema import EMA
+from mddose.train.logs import RunLogger
+from mddose.utils.fs import atomic_dir, atomic_write
+from mddose.utils.log import logger
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def find_last(out_dir: Path) -> Path | None:
+    """``out/last``, or the previous one left by a run killed while replacing it."""
+    last = out_dir / "last"
+    if (last / "config.json").is_file():
+        return last
+    olds = sorted(out_dir.glob(".last.old-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return next((p for p in olds if (p / "config.json").is_file()), None)
+
+
+class Trainer:
+    """Runs the loop for one model and dataset (items ``{"cond": (C,H,W), "dose": (1,H,W), ...}``).
+
+    Args:
+        cfg: the train config (recipe resolved here).
+        model: the denoiser ``model(x_t, t, cond)``, freshly initialised (seed it before building).
+        train_ds: training dataset; an object with ``set_epoch`` gets it called every epoch.
+        out_dir: output directory (see module docstring).
+        validate: ``f(ema_model) -> score`` (lower is better), run on rank 0; None = no best/ selection.
+        slice_config: JSON dict stored in checkpoints.
+        dist: process-group info (default: single process on ``cfg.device``).
+    """
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, train_ds: Dataset, out_dir: str | Path, *,
+                 validate: Callable[[nn.Module], float] | None = None, slice_config: dict | None = None,
+                 progress: bool = True, dist: DistInfo | None = None):
+        from mddose.train.distributed import pick_device
+        self.cfg = cfg.resolved()
+        self.dist = dist or DistInfo(device=pick_device(self.cfg.device))
+        self.device = self.dist.device
+        self.out = Path(out_dir)
+        self.validate, self.slice_config, self.progress = validate, slice_config or {}, progress
+        self.train_ds = train_ds
+        self.diffusion = GaussianDiffusion(**dataclasses.asdict(self.cfg.diffusion))
+        self.model = model.to(self.device).train()
+        self.ema = EMA(self.model, self.cfg.ema_decay, self.cfg.ema_warmup)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr)
+        cuda = self.device.type == "cuda"
+        self.amp = bool(self.cfg.amp and cuda)
+        self.amp_dtype = torch.float16 if self.cfg.amp_dtype == "float16" else torch.bfloat16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16) \
+            if cuda else None
+        self.noise_gen = torch.Generator().manual_seed(self.cfg.seed + 7919)
+        self.net: nn.Module = self.model
+        if self.dist.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if cuda else None)
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.best_score: float | None = None
+        self.best_step: int | None = None
+        self.elapsed = 0.0
+        self._resumed_step: int | None = None
+
+    # ------------------------------------------------------------------ state
+    def _state(self) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "best_score": self.best_score, "best_step": self.best_step, "elapsed": self.elapsed,
+                "ema_updates": self.ema.num_updates, "world": self.dist.world}
+
+    def resume(self, path: str | Path | None = None) -> bool:
+        """Load ``out/last`` (or ``path``); returns False if there is nothing to resume."""
+        path = Path(path) if path else find_last(self.out)
+        if path is None:
+            return False
+        st = load_train_state(path, model=self.model, ema=self.ema.module, optimizer=self.opt,
+                              scaler=self.scaler, noise_gen=self.noise_gen)
+        self.step, self.epoch, self.batch_in_epoch = int(st["step"]), int(st["epoch"]), int(st["batch_in_epoch"])
+        self.best_score, self.best_step = st.get("best_score"), st.get("best_step")
+        self.elapsed, self.ema.num_updates = float(st.get("elapsed", 0.0)), int(st.get("ema_updates", self.step))
+        self._resumed_step = self.step
+        if self.dist.is_main:
+            logger.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
+        return True
+
+    def save(self, name: str = "last") -> Path | None:
+        """Write ``out/<name>`` (rank 0 only)."""
+        if not self.dist.is_main:
+            return None
+        cfg = checkpoint_config(self.model, slice_config=self.slice_config, train_config=self.cfg.to_dict(),
+                                diffusion=self.diffusion.to_dict(), step=self.step, epoch=self.epoch)
+        return save_checkpoint(self.out / name, model=self.model, ema=self.ema.module, config=cfg,
+                               optimizer=self.opt, scaler=self.scaler, noise_gen=self.noise_gen, state=self._state())
+
+    def _copy_best(self) -> None:
+        with atomic_dir(self.out / "best", force=True) as tmp:
+            for f in (self.out / "last").iterdir():
+                shutil.copy2(f, tmp / f.name)
+
+    # ------------------------------------------------------------------ one step
+    def _batch_size(self) -> int:
+        return EpochBatchSampler(len(self.train_ds), self.cfg.batch_size, self.cfg.seed, 0, 0, 0,
+                                 self.dist.world).batch
+
+    def train_step(self, batch: dict, global_batch: int) -> float:
+        """One optimizer step on this rank's part of a global batch; returns the global mean loss."""
+        cond = batch["cond"].to(self.device, non_blocking=True).float()
+        x0 = batch["dose"].to(self.device, non_blocking=True).float()
+        b, r = x0.shape[0], self.dist.rank
+        t_all = torch.randint(0, self.diffusion.num_timesteps, (global_batch,), generator=self.noise_gen)
+        noise_all = torch.randn((global_batch, *x0.shape[1:]), generator=self.noise_gen)
+        t = t_all[r * b:(r + 1) * b].to(self.device)
+        noise = noise_all[r * b:(r + 1) * b].to(self.device)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            loss = self.diffusion.loss(self.net, x0, cond, t=t, noise=noise)
+        value = float(all_reduce_mean(loss.detach().float(), self.dist))
+        if not math.isfinite(value):
+            raise MddoseError(f"training diverged: loss is {'NaN' if math.isnan(value) else value} "
+                              f"at step {self.step + 1}")
+        scaling = self.scaler is not None and self.scaler.is_enabled()
+        (self.scaler.scale(loss) if scaling else loss).backward()
+        if self.cfg.grad_clip:
+            if scaling:
+                self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        if scaling:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.ema.update(self.model)
+        self.step += 1
+        self.batch_in_epoch += 1
+        return value
+
+    # ------------------------------------------------------------------ validation
+    def run_validation(self, logger_: RunLogger) -> bool:
+        """Validate the EMA model on rank 0; update the best score (the caller saves). True if improved."""
+        improved = False
+        if self.validate is None:
+            return improved
+        if self.dist.is_main:
+            score = float(self.validate(self.ema.module))
+            logger_.val(self.step, self.epoch, score, self.elapsed)
+            logger.info("step %d epoch %d: validation MAE %.4f Gy", self.step, self.epoch, score)
+            if math.isfinite(score) and (self.best_score is None or score < self.best_score):
+                self.best_score, self.best_step = score, self.step
+                improved = True
+        barrier(self.dist)
+        return improved
+
+    # ------------------------------------------------------------------ loop
+    def _loader(self, start: int) -> DataLoader:
+        if hasattr(self.train_ds, "set_epoch"):
+            self.train_ds.set_epoch(self.epoch)
+        sampler = EpochBatchSampler(len(self.train_ds), self.cfg.batch_size, self.cfg.seed, self.epoch, start,
+                                    self.dist.rank, self.dist.world)
+        return DataLoader(self.train_ds, batch_sampler=sampler, num_workers=self.cfg.num_workers,
+                          pin_memory=self.device.type == "cuda",
+                          generator=torch.Generator().manual_seed(self.cfg.seed + self.epoch))
+
+    def fit(self) -> Path:
+        """Train until ``epochs`` / ``max_steps`` / ``time_budget_s``; returns ``out/best`` (``out/last``
+        without validation). On a non-finite loss raises MddoseError; the last checkpoint stays."""
+        cfg = self.cfg
+        gb = self._batch_size()
+        spe = EpochBatchSampler.steps_per_epoch(len(self.train_ds), gb)
+        total = cfg.epochs * spe if cfg.max_steps is None else min(cfg.epochs * spe, cfg.max_steps)
+        main = self.dist.is_main
+        if main:
+            with atomic_write(self.out / "train_config.json", "w") as fh:
+                json.dump(cfg.to_dict(), fh, indent=1)
+        log = RunLogger(Path(cfg.log_dir) if cfg.log_dir else self.out / "logs", self._resumed_step, enabled=main)
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, initial=min(self.step, total), disable=not (self.progress and main),
+                   desc="training", unit="step", dynamic_ncols=True)
+        start, last_saved, last_val = time.monotonic(), None, None
+        t_prev = start
+        try:
+            while self.epoch < cfg.epochs and self.step < total:
+                lr = cfg.lr_at(self.epoch)
+                for g in self.opt.param_groups:
+                    g["lr"] = lr
+                stop = False
+                for batch in self._loader(self.batch_in_epoch):
+                    loss = self.train_step(batch, gb)
+                    now = time.monotonic()
+                    self.elapsed += now - t_prev
+                    t_prev = now
+                    log.train(self.step, self.epoch, loss, lr, self.elapsed)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.2g}", epoch=self.epoch)
+                    end_epoch = self.batch_in_epoch >= spe
+                    if end_epoch:
+                        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    stop = self.step >= total or (cfg.time_budget_s is not None and now - start >= cfg.time_budget_s)
+                    do_val = (end_epoch and cfg.val_every and self.epoch % cfg.val_every == 0) or stop
+                    improved = False
+                    if do_val and last_val != self.step:
+                        improved = self.run_validation(log)
+                        last_val = self.step
+                    if end_epoch or stop or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
+                        self.save("last")
+                        last_saved = self.step
+                        if main and improved:
+                            self._copy_best()
+                    if stop or end_epoch:
+                        break
+                if stop:
+                    break
+            if last_saved != self.step:
+                self.save("last")
+        finally:
+            bar.close()
+            log.close()
+        barrier(self.dist)
+        best = self.out / "best"
+        return best if best.is_dir() else self.out / "last"
+
+
+def build_model_for(cfg: TrainConfig, channels: int, image_size: int | None = None) -> nn.Module:
+    """``build_model(cfg.model, cfg.preset, in_channels=channels, **cfg.model_overrides)``
+    (``image_size`` is set to the slice size when the config has that field and no override)."""
+    from mddose.models.registry import build_model, make_config
+    over = {"in_channels": channels, **cfg.model_overrides}
+    mcfg = make_config(cfg.model, cfg.preset, **over)
+    if image_size and hasattr(mcfg, "image_size") and "image_size" not in cfg.model_overrides:
+        mcfg = dataclasses.replace(mcfg, image_size=int(image_size))
+    return build_model(mcfg)
+
+
+def train(config: TrainConfig | str | Path, out_dir: str | Path, *, resume: bool = False,
+          progress: bool = True) -> Path:
+    """Train from a config (object or JSON path) into ``out_dir``; returns the best checkpoint dir.
+
+    ``resume=True`` continues from ``out_dir/last``; without it an existing run in ``out_dir`` is an error.
+    Under ``torchrun`` (WORLD_SIZE > 1) every rank runs this; only rank 0 writes.
+    """
+    cfg = config if isinstance(config, TrainConfig) else load_train_config(config)
+    cfg = cfg.resolved()
+    out = Path(out_dir)
+    if resume and find_last(out) is None:
+        raise MddoseError("nothing to resume: no checkpoint 'last' in this directory", out)
+    if not resume and find_last(out) is not None:
+        raise MddoseError("already holds a training run; use --resume to continue or choose another --out", out)
+    dist = init_distributed(cfg.device)
+    try:
+        from mddose.train.data import build_data
+        from mddose.train.validate import patient_dose_score
+        data = build_data(cfg, progress=progress and dist.is_main)
+        seed_everything(cfg.seed)
+        model = build_model_for(cfg, data.channels, data.slice_config.size)
+        trainer = Trainer(cfg, model, data.train, out, slice_config=data.slice_config.to_dict(),
+                          progress=progress, dist=dist)
+        if data.val_patients and cfg.val_every:
+            def validate(m: nn.Module) -> float:
+                return patient_dose_score(m, trainer.diffusion, data.val_patients, data.slice_config,
+                                          sampler=cfg.val_sampler, steps=cfg.val_steps,
+                                          max_slices=cfg.data.val_max_slices, seed=cfg.seed,
+                                          batch_size=cfg.batch_size, device=trainer.device)
+            trainer.validate = validate
+        if resume:
+            trainer.resume()
+        return trainer.fit()
+    finally:
+        cleanup_distributed(dist)

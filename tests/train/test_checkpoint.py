@@ -1,0 +1,121 @@
+"""Checkpoints: round trip without pickle, validation errors, optimizer/RNG state round trips."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from mddose.errors import MddoseError
+from mddose.train.checkpoint import (FILES, load_checkpoint, load_optimizer_state, optimizer_state, rng_state,
+                                     set_rng_state)
+from mddose.train.trainer import Trainer
+from tests.train.test_trainer import _one_thread, DictDataset, tiny_config, tiny_model  # noqa: F401
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    """A 2-step checkpoint of the test-tiny model (registered), and its trainer."""
+    tr = Trainer(tiny_config(epochs=1, max_steps=2), tiny_model(), DictDataset(n=8), tmp_path / "run", progress=False)
+    tr.fit()
+    return tmp_path / "run" / "last", tr
+
+
+def test_round_trip_loads_ema_weights_in_eval_mode(ckpt):
+    path, tr = ckpt
+    assert sorted(p.name for p in path.iterdir()) == sorted(FILES)
+    b = load_checkpoint(path, raw=True)
+    assert not b.model.training and b.meta["step"] == 2 and b.meta["format_version"] == 1
+    assert b.model_config == tr.model.config and b.train_config == tr.cfg
+    for k, v in tr.ema.module.state_dict().items():
+        assert torch.equal(b.model.state_dict()[k], v)
+    assert any(not torch.equal(b.raw_state[k], v) for k, v in tr.ema.module.state_dict().items())
+    assert b.diffusion.num_timesteps == 1000
+
+
+def test_missing_file(ckpt):
+    path, _ = ckpt
+    (path / "ema.safetensors").unlink()
+    with pytest.raises(MddoseError, match="ema.safetensors: checkpoint file missing"):
+        load_checkpoint(path)
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(MddoseError, match="not found"):
+        load_checkpoint(tmp_path / "nope")
+
+
+def test_truncated_safetensors(ckpt):
+    path, _ = ckpt
+    f = path / "ema.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(MddoseError, match="corrupt or truncated") as e:
+        load_checkpoint(path)
+    assert "\n" not in str(e.value)
+
+
+def test_checkpoint_of_another_model(ckpt):
+    path, _ = ckpt
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["model"]["width"] = 8
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MddoseError, match="do not match the model"):
+        load_checkpoint(path)
+    with pytest.raises(MddoseError, match="do not match the model"):
+        load_checkpoint(path, model=torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("change,match", [({"format_version": 99}, "version 99 is not supported"),
+                                          ({"format": "other"}, "not an mddose checkpoint")])
+def test_other_format_version(ckpt, change, match):
+    path, _ = ckpt
+    cfg = json.loads((path / "config.json").read_text())
+    cfg.update(change)
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MddoseError, match=match):
+        load_checkpoint(path)
+
+
+def test_resume_needs_train_state(ckpt, tmp_path):
+    path, _ = ckpt
+    (path / "train_state.json").unlink()
+    tr = Trainer(tiny_config(), tiny_model(), DictDataset(n=8), path.parent, progress=False)
+    with pytest.raises(MddoseError, match="train_state.json"):
+        tr.resume()
+
+
+def test_no_pickle_in_checkpoint(ckpt):
+    path, _ = ckpt
+    for f in path.iterdir():
+        head = f.read_bytes()[:2]
+        assert head != b"\x80\x02" and not f.read_bytes().startswith(b"PK")  # pickle / torch zip
+
+
+def test_optimizer_state_round_trip():
+    m = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    for _ in range(3):
+        m(torch.randn(4, 3)).square().sum().backward()
+        opt.step()
+    tensors, js = optimizer_state(opt)
+    json.dumps(js)
+    opt2 = torch.optim.Adam(m.parameters(), lr=5.0)
+    load_optimizer_state(opt2, tensors, js)
+    assert opt2.param_groups[0]["lr"] == 1e-2
+    for p in m.parameters():
+        for k, v in opt.state[p].items():
+            assert torch.equal(opt2.state[p][k], v)
+
+
+def test_rng_state_round_trip():
+    g = torch.Generator().manual_seed(3)
+    tensors, js = rng_state(g)
+    json.loads(json.dumps(js))
+    a = (torch.rand(3), np.random.rand(3), random.random(), torch.rand(2, generator=g))
+    torch.manual_seed(1), np.random.seed(1), random.seed(1), g.manual_seed(1)
+    set_rng_state(tensors, json.loads(json.dumps(js)), g)
+    b = (torch.rand(3), np.random.rand(3), random.random(), torch.rand(2, generator=g))
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2] and torch.equal(a[3], b[3])
