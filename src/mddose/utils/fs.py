@@ -17,6 +17,13 @@ from typing import Iterator
 from mddose.errors import MddoseError
 
 
+def _umask_mode(path: str | os.PathLike, mode: int = 0o666) -> None:
+    """Give a ``mkstemp`` file (created 0600) the permissions a plain ``open`` would have given."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
+
+
 def check_new_output(path: str | os.PathLike, force: bool = False) -> Path:
     """Return ``path`` as a Path; raise :class:`MddoseError` if it exists and ``force`` is false."""
     p = Path(path)
@@ -39,6 +46,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        _umask_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -59,6 +67,7 @@ def atomic_save(path: str | os.PathLike, write_fn) -> Path:
     os.close(fd)
     try:
         write_fn(tmp)
+        _umask_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -77,6 +86,7 @@ def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     path = check_new_output(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _umask_mode(tmp, 0o777)
     try:
         yield tmp
         if path.exists():
