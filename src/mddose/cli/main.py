@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     except MddoseError as exc:
         print(f"mddose: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `mddose data inspect DIR --json | head`
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("mddose: interrupted", file=sys.stderr)
         return 130
