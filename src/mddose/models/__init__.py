@@ -3,6 +3,7 @@
 from mddose.models.registry import (
     ModelConfig, available_models, build_model, build_model_from_dict, make_config, register_model,
 )
+from mddose.models import md_dose  # noqa: E402,F401  (registers "md-dose")
 
 __all__ = ["ModelConfig", "available_models", "build_model", "build_model_from_dict", "make_config",
            "register_model"]

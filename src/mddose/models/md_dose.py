@@ -1,0 +1,213 @@
+"""MD-Dose noise predictor (Fu et al. 2024, Fig. 1b-d): a Mamba UNet plus a Mamba structure encoder.
+
+Layout for ``n = len(dims)`` levels (paper: n = 4, dims 48/96/192/384, input 128x128 in the public code)::
+
+    head      3x3 conv  x_t (B,1,H,W) -> dims[0]//2 channels                       at H
+    encoder   level i:  PatchEmbed2d(stride 2) -> dims[i]; MambaLayer2d(enc_depths[i])   at H/2^(i+1)
+              + structure-encoder output of level i (same form, run on cond) + time embedding
+    decoder   level k (k = 0 .. n-1, deepest first): PixelShuffle x2 of the previous output to the
+              skip's channels, concat the skip, 1x1 conv to the level's channels, MambaLayer2d(dec_depths[k]),
+              + time embedding. Skips: encoder levels n-2 .. 0, then the head output (full resolution).
+              Level channels: dims[n-2], ..., dims[0], dims[0].
+    output    3x3 conv dims[0] -> out_channels                                     at H
+
+``structure_encoder="none"`` (the ablation without SE) concatenates cond to x_t at the head instead.
+
+Parameters (in_channels 9): paper preset 28.18 M vs 30.47 M reported (Table 2, -7.5 %). The network
+follows the authors' public code (LinjieFu-U/mamba_dose, ``vim/mamba_struc_unet.py``: Vim "bimamba v2"
+mixers, expand 2, d_state 16, 4/6/6/8 encoder and 6/6/4/4 decoder blocks, a structure encoder with the
+same depths, pixel-shuffle upsampling, 1x1 reductions, per-level time projections). Deliberately left
+out, because they tie the network to one image size or are never used:
+  * learned absolute position embeddings of every VisionMamba stage (1.87 M at 128x128 input);
+  * the unused 1000-class ``head`` Linear of every VisionMamba stage (1.84 M);
+  * a redundant 1x1 patch-embedding conv in every decoder stage (0.05 M), an unused time projection (0.04 M);
+  * RoPE (parameter-free) and drop-path 0.1.
+With those back the count would be ~31.95 M (+4.9 %); the paper's 30.47 M lies between the two readings.
+Other choices: LayerNorm instead of RMSNorm; channel LayerNorm after each patch embedding; timesteps divided
+by ``t_divisor`` (1000) before the Fourier features (the public code feeds raw integer steps, which gives
+unrelated embeddings to neighbouring steps — ``t_divisor=1`` restores that).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from mddose.errors import MddoseError
+from mddose.models.registry import ModelConfig, register_model
+from mddose.nn.embed import PatchEmbed2d, PixelShuffleUpsample, TimestepEmbedding
+from mddose.nn.vim import MambaLayer2d
+
+STRUCTURE_ENCODERS = ("mamba", "none", "conv", "transformer")
+SCANS = ("bi", "cross")
+
+
+@dataclass(frozen=True)
+class MDDoseConfig(ModelConfig):
+    """Hyper-parameters of the MD-Dose noise predictor (defaults = the paper's network).
+
+    in_channels: structure channels C = 2 + O (CT, PTV, O organs at risk).
+    dims / enc_depths / dec_depths: channels and Mamba blocks per level (dec_depths deepest first).
+    d_state / expand / d_conv: Mamba mixer sizes. fourier_scale: std of the timestep Fourier frequencies.
+    t_divisor: timesteps are divided by this before the Fourier features (1.0 = the public code's raw steps).
+    structure_encoder: "mamba" (paper) | "none" (cond concatenated to x_t) | "conv" | "transformer" (not yet).
+    scan: "bi" (Vim bidirectional, paper) | "cross" (VMamba four-direction SS2D).
+    image_size: informational (the training slice size); any H, W divisible by 2^len(dims) works.
+    """
+
+    in_channels: int = 9
+    out_channels: int = 1
+    dims: tuple[int, ...] = (48, 96, 192, 384)
+    enc_depths: tuple[int, ...] = (4, 6, 6, 8)
+    dec_depths: tuple[int, ...] = (6, 6, 4, 4)
+    d_state: int = 16
+    expand: int = 2
+    d_conv: int = 4
+    fourier_scale: float = 30.0
+    t_divisor: float = 1000.0
+    structure_encoder: str = "mamba"
+    scan: str = "bi"
+    image_size: int = 128
+
+    def __post_init__(self):
+        where = "md-dose config"
+        for name in ("dims", "enc_depths", "dec_depths"):
+            v = getattr(self, name)
+            if not isinstance(v, (tuple, list)) or not all(isinstance(x, int) for x in v):
+                raise MddoseError(f"{where}: {name} must be a list of integers, got {v!r}")
+            object.__setattr__(self, name, tuple(v))
+        for name in ("in_channels", "out_channels", "d_state", "expand", "d_conv"):
+            if not isinstance(getattr(self, name), int):
+                raise MddoseError(f"{where}: {name} must be an integer, got {getattr(self, name)!r}")
+        n = len(self.dims)
+        if n < 1 or any(d < 2 or d % 2 for d in self.dims):
+            raise MddoseError(f"{where}: dims must be a non-empty list of even channel counts, got {self.dims}")
+        for name in ("enc_depths", "dec_depths"):
+            v = getattr(self, name)
+            if len(v) != n or any(d < 0 for d in v):
+                raise MddoseError(f"{where}: {name} must hold {n} non-negative depths (one per level), got {v}")
+        for name in ("in_channels", "out_channels", "d_state", "expand", "d_conv"):
+            if getattr(self, name) < 1:
+                raise MddoseError(f"{where}: {name} must be >= 1, got {getattr(self, name)}")
+        if self.structure_encoder not in STRUCTURE_ENCODERS:
+            raise MddoseError(f"{where}: structure_encoder must be one of {', '.join(STRUCTURE_ENCODERS)}, "
+                              f"got {self.structure_encoder!r}")
+        if self.scan not in SCANS:
+            raise MddoseError(f"{where}: scan must be 'bi' or 'cross', got {self.scan!r}")
+        if self.t_divisor <= 0 or self.fourier_scale <= 0:
+            raise MddoseError(f"{where}: t_divisor and fourier_scale must be > 0")
+
+    @property
+    def mixer_kwargs(self) -> dict:
+        return {"d_state": self.d_state, "expand": self.expand, "d_conv": self.d_conv}
+
+
+class MambaEncoder(nn.Module):
+    """Head conv + ``len(dims)`` down-sampling Mamba stages. Used for x_t and (same form) for the structure.
+
+    ``forward`` is split so the noise encoder can add structure features between stages.
+    """
+
+    def __init__(self, in_ch: int, cfg: MDDoseConfig):
+        super().__init__()
+        head_ch = cfg.dims[0] // 2
+        self.head = nn.Conv2d(in_ch, head_ch, kernel_size=3, padding=1)
+        chans = (head_ch, *cfg.dims)
+        self.down = nn.ModuleList([PatchEmbed2d(chans[i], chans[i + 1], 2) for i in range(len(cfg.dims))])
+        self.layers = nn.ModuleList([MambaLayer2d(c, d, cfg.scan, **cfg.mixer_kwargs)
+                                     for c, d in zip(cfg.dims, cfg.enc_depths)])
+
+    def stage(self, i: int, x: Tensor) -> Tensor:
+        """Level ``i``: (B, C_{i-1}, h, w) → (B, dims[i], h/2, w/2)."""
+        return self.layers[i](self.down[i](x))
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """x: (B, in_ch, H, W) → [head (B, dims[0]/2, H, W), level 0, ..., level n-1]."""
+        feats = [self.head(x)]
+        for i in range(len(self.layers)):
+            feats.append(self.stage(i, feats[-1]))
+        return feats
+
+
+class MDDose(nn.Module):
+    """Noise predictor ``model(x_t (B,1,H,W), t (B,), cond (B,C,H,W)) -> eps (B,1,H,W)``."""
+
+    def __init__(self, cfg: MDDoseConfig):
+        super().__init__()
+        if cfg.structure_encoder in ("conv", "transformer"):
+            raise MddoseError(f"md-dose: structure_encoder={cfg.structure_encoder!r} is not implemented yet "
+                              "(available: 'mamba', 'none')")
+        self.config = cfg
+        n, dims = len(cfg.dims), cfg.dims
+        self.levels = n
+        concat = cfg.structure_encoder == "none"
+        self.encoder = MambaEncoder(1 + (cfg.in_channels if concat else 0), cfg)
+        self.structure = MambaEncoder(cfg.in_channels, cfg) if cfg.structure_encoder == "mamba" else None
+        # decoder level k: skip = encoder level n-2-k (head for the last), channels as the skip's level
+        skip_ch = [dims[n - 2 - k] if k < n - 1 else dims[0] // 2 for k in range(n)]
+        out_ch = [dims[n - 2 - k] if k < n - 1 else dims[0] for k in range(n)]
+        in_ch = [dims[n - 1], *out_ch[:-1]]
+        self.up = nn.ModuleList([PixelShuffleUpsample(in_ch[k], skip_ch[k]) for k in range(n)])
+        self.reduce = nn.ModuleList([nn.Conv2d(2 * skip_ch[k], out_ch[k], kernel_size=1, bias=False)
+                                     for k in range(n)])
+        self.dec_layers = nn.ModuleList([MambaLayer2d(out_ch[k], cfg.dec_depths[k], cfg.scan, **cfg.mixer_kwargs)
+                                         for k in range(n)])
+        self.time = TimestepEmbedding(2 * dims[0], (*dims, *out_ch), cfg.fourier_scale, cfg.t_divisor)
+        self.output = nn.Conv2d(dims[0], cfg.out_channels, kernel_size=3, padding=1)
+
+    def _check(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        cfg, mult = self.config, 2 ** self.levels
+        if x_t.dim() != 4 or x_t.shape[1] != 1:
+            raise ValueError(f"md-dose: x_t must be (B, 1, H, W), got {tuple(x_t.shape)}")
+        b, _, h, w = x_t.shape
+        if h % mult or w % mult:
+            raise ValueError(f"md-dose: H and W must be divisible by {mult}, got {h}x{w}")
+        if cond.shape != (b, cfg.in_channels, h, w):
+            raise ValueError(f"md-dose: cond must be (B={b}, C={cfg.in_channels}, {h}, {w}), got {tuple(cond.shape)}")
+        t = torch.as_tensor(t, device=x_t.device)
+        if t.dim() == 0:
+            t = t.expand(b)
+        if t.shape != (b,):
+            raise ValueError(f"md-dose: t must be (B={b},), got {tuple(t.shape)}")
+        return t
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        """x_t: (B, 1, H, W), t: (B,) timesteps, cond: (B, C, H, W) → predicted noise (B, 1, H, W)."""
+        t = self._check(x_t, t, cond)
+        n = self.levels
+        temb = [e[:, :, None, None] for e in self.time(t)]                       # 2n × (B, C_l, 1, 1)
+        enc = self.encoder
+        x = enc.head(torch.cat([x_t, cond], 1) if self.structure is None else x_t)
+        s = self.structure.head(cond) if self.structure is not None else None
+        skips = [x]
+        for i in range(n):
+            x = enc.stage(i, x)
+            if s is not None:
+                s = self.structure.stage(i, s)
+                x = x + s
+            x = x + temb[i]
+            skips.append(x)
+        for k in range(n):
+            skip = skips[n - 1 - k]
+            x = self.reduce[k](torch.cat([self.up[k](x), skip], 1))
+            x = self.dec_layers[k](x) + temb[n + k]
+        return self.output(x)
+
+
+_PAPER = {"dims": (48, 96, 192, 384), "enc_depths": (4, 6, 6, 8), "dec_depths": (6, 6, 4, 4), "image_size": 128}
+PRESETS = {
+    "paper": _PAPER,
+    # CPU-sized: narrow, one block per level, no Mamba at full resolution (the 1/1 level is 16k tokens at 128²).
+    "small": {"dims": (32, 64, 96, 128), "enc_depths": (1, 1, 1, 1), "dec_depths": (1, 1, 1, 0),
+              "image_size": 128},
+    "tiny": {"dims": (8, 16, 24, 32), "enc_depths": (1, 1, 1, 1), "dec_depths": (1, 1, 1, 1), "d_state": 4,
+             "image_size": 32},
+}
+
+
+@register_model("md-dose", MDDoseConfig, presets=PRESETS)
+def build_md_dose(cfg: MDDoseConfig) -> MDDose:
+    """Builder registered as ``"md-dose"``."""
+    return MDDose(cfg)

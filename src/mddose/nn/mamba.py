@@ -1,0 +1,161 @@
+"""The Mamba (S6) mixer of Gu & Dao (2023), written from the paper, on top of ``mddose.ops.selective_scan``.
+
+One direction of a Mamba mixer, for a token sequence ``x: (B, L, d_model)``::
+
+    x, z  = in_proj(x).chunk(2)                 # (B, d_inner, L) each, d_inner = expand * d_model
+    x     = silu(causal_depthwise_conv1d(x))    # kernel d_conv, left padding d_conv - 1
+    dt, B, C = x_proj(x).split(dt_rank, N, N)    # input-dependent ("selective") parameters
+    dt    = dt_proj.weight @ dt                 # (B, d_inner, L); dt_proj.bias is the scan's delta_bias
+    y     = selective_scan(x, dt, A=-exp(A_log), B, C, D, z=z, delta_bias, delta_softplus=True)
+    out   = out_proj(y)                         # (B, L, d_model)
+
+The per-direction parameters (conv, x_proj, dt_proj, A_log, D) live in :class:`SSMBranch` so that the
+bidirectional (Vim) and four-direction (VMamba) mixers can own several branches that share one
+``in_proj``/``out_proj`` and run all directions in a single scan call (:func:`scan_branches`, which stacks
+the directions along the channel axis and passes B/C in the grouped ``(B, G, N, L)`` form).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mddose.ops import selective_scan
+
+
+def resolve_dt_rank(dt_rank: int | str, d_model: int) -> int:
+    """``"auto"`` → ``ceil(d_model / 16)`` (mamba-ssm's default), else the integer itself."""
+    if dt_rank == "auto":
+        return math.ceil(d_model / 16)
+    if not isinstance(dt_rank, int) or dt_rank < 1:
+        raise ValueError(f"dt_rank must be 'auto' or a positive integer, got {dt_rank!r}")
+    return dt_rank
+
+
+def inverse_softplus(y: Tensor) -> Tensor:
+    """x with softplus(x) = y, for y > 0 (stable form ``y + log(-expm1(-y))``)."""
+    return y + torch.log(-torch.expm1(-y))
+
+
+@dataclass
+class ScanInputs:
+    """The arguments of one direction's selective scan (shapes as in ``selective_scan``)."""
+
+    u: Tensor            # (B, D, L)
+    delta: Tensor        # (B, D, L), before bias/softplus
+    A: Tensor            # (D, N)
+    B: Tensor            # (B, N, L)
+    C: Tensor            # (B, N, L)
+    D: Tensor            # (D,)
+    delta_bias: Tensor   # (D,)
+
+
+class SSMBranch(nn.Module):
+    """Per-direction parameters of a Mamba mixer: causal depthwise conv, x_proj, dt_proj, A_log, D.
+
+    Args:
+        d_inner: channels of the scan.
+        d_state: state size N.
+        d_conv: causal conv kernel; 0 means no conv (SS2D applies a shared 2D conv instead).
+        dt_rank: rank of the dt projection (an int; see :func:`resolve_dt_rank`).
+    """
+
+    def __init__(self, d_inner: int, d_state: int = 16, d_conv: int = 4, dt_rank: int = 1,
+                 dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
+                 conv_bias: bool = True):
+        super().__init__()
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        self.d_inner, self.d_state, self.d_conv, self.dt_rank = d_inner, d_state, d_conv, dt_rank
+        self.conv1d = (nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=conv_bias)
+                       if d_conv > 0 else None)
+        self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
+        # mamba-ssm's dt init: weights uniform ±dt_rank^-0.5; bias = softplus^-1(dt), dt log-uniform in
+        # [dt_min, dt_max] floored at dt_init_floor, so that softplus(bias) starts in that range.
+        std = dt_rank ** -0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(inverse_softplus(dt.clamp(min=dt_init_floor)))
+        # S4D-real init: A = -[1, 2, ..., N] for every channel.
+        a = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(a))
+        self.D = nn.Parameter(torch.ones(d_inner))
+
+    def prepare(self, x: Tensor, *, conv: bool = True) -> ScanInputs:
+        """Scan inputs of this direction from ``x: (B, d_inner, L)`` (the in_proj output, already in scan order).
+
+        Applies the causal conv (if any and ``conv``) and SiLU, then the selective projections.
+        """
+        seqlen = x.shape[-1]
+        if self.conv1d is not None and conv:
+            x = F.silu(self.conv1d(x)[..., :seqlen])
+        x_dbl = self.x_proj(x.transpose(1, 2))                                   # (B, L, R + 2N)
+        dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = torch.matmul(self.dt_proj.weight, dt.transpose(1, 2))            # (B, d_inner, L)
+        return ScanInputs(u=x, delta=delta, A=-torch.exp(self.A_log.float()),
+                          B=b.transpose(1, 2).contiguous(), C=c.transpose(1, 2).contiguous(),
+                          D=self.D.float(), delta_bias=self.dt_proj.bias.float())
+
+
+def scan_branches(parts: list[ScanInputs], z: list[Tensor] | None = None) -> list[Tensor]:
+    """Run several same-sized directions in ONE ``selective_scan`` call; returns each ``(B, D, L)`` output.
+
+    The directions are stacked along the channel axis (``G`` groups of ``D`` channels); B and C are
+    passed in the grouped form ``(B, G, N, L)`` so each group reads its own direction's B/C.
+    ``z``: one gate ``(B, D, L)`` per direction, or None (no gating).
+    """
+    if len(parts) == 1:
+        p = parts[0]
+        return [selective_scan(p.u.contiguous(), p.delta.contiguous(), p.A, p.B, p.C, p.D,
+                               z=None if z is None else z[0].contiguous(),
+                               delta_bias=p.delta_bias, delta_softplus=True)]
+    dim = parts[0].u.shape[1]
+    out = selective_scan(
+        torch.cat([p.u for p in parts], 1), torch.cat([p.delta for p in parts], 1),
+        torch.cat([p.A for p in parts], 0), torch.stack([p.B for p in parts], 1),
+        torch.stack([p.C for p in parts], 1), torch.cat([p.D for p in parts], 0),
+        z=None if z is None else torch.cat(z, 1),
+        delta_bias=torch.cat([p.delta_bias for p in parts], 0), delta_softplus=True)
+    return list(torch.split(out, dim, dim=1))
+
+
+class MambaMixer(nn.Module):
+    """One-directional (causal) Mamba mixer. ``forward(x: (B, L, d_model)) -> (B, L, d_model)``."""
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dt_rank: int | str = "auto", dt_min: float = 0.001, dt_max: float = 0.1,
+                 dt_init_floor: float = 1e-4, bias: bool = False, conv_bias: bool = True):
+        super().__init__()
+        self.d_model, self.d_inner = d_model, int(expand * d_model)
+        self.dt_rank = resolve_dt_rank(dt_rank, d_model)
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
+        self.ssm = SSMBranch(self.d_inner, d_state, d_conv, self.dt_rank, dt_min, dt_max, dt_init_floor, conv_bias)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+
+    # Convenience views of the branch's parameters (names as in mamba-ssm).
+    @property
+    def A_log(self) -> nn.Parameter:
+        return self.ssm.A_log
+
+    @property
+    def D(self) -> nn.Parameter:
+        return self.ssm.D
+
+    @property
+    def dt_proj(self) -> nn.Linear:
+        return self.ssm.dt_proj
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, L, d_model) → (B, L, d_model)."""
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"MambaMixer: expected (B, L, {self.d_model}), got {tuple(x.shape)}")
+        xz = self.in_proj(x).transpose(1, 2)                                      # (B, 2*d_inner, L)
+        xs, z = xz.chunk(2, dim=1)
+        (y,) = scan_branches([self.ssm.prepare(xs)], [z])
+        return self.out_proj(y.transpose(1, 2))
