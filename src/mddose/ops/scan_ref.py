@@ -19,11 +19,13 @@ from torch import Tensor
 
 
 def check_scan_inputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                      z: Tensor | None, delta_bias: Tensor | None) -> None:
-    """Raise ``ValueError`` naming the argument if shapes disagree or an input holds NaN/inf."""
+                      z: Tensor | None, delta_bias: Tensor | None, finite: bool = True) -> None:
+    """Raise ``ValueError`` naming the argument if shapes disagree or (if ``finite``) an input holds NaN/inf."""
     if u.dim() != 3:
         raise ValueError(f"selective_scan: u must be (B, D, L), got shape {tuple(u.shape)}")
     bsz, dim, seqlen = u.shape
+    if min(bsz, dim, seqlen) < 1:
+        raise ValueError(f"selective_scan: u must be (B, D, L) with B, D, L >= 1, got shape {tuple(u.shape)}")
     if delta.shape != u.shape:
         raise ValueError(f"selective_scan: delta has shape {tuple(delta.shape)}, expected {tuple(u.shape)}")
     if A.dim() != 2 or A.shape[0] != dim:
@@ -45,10 +47,25 @@ def check_scan_inputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
         raise ValueError(f"selective_scan: delta_bias must be (D={dim},), got shape {tuple(delta_bias.shape)}")
     if z is not None and z.shape != u.shape:
         raise ValueError(f"selective_scan: z has shape {tuple(z.shape)}, expected {tuple(u.shape)}")
-    for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
-                    ("delta_bias", delta_bias)):
-        if t is not None and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"selective_scan: {name} contains NaN or infinite values")
+    if finite:
+        check_finite(named_inputs(u, delta, A, B, C, D, z, delta_bias))
+
+
+def named_inputs(u, delta, A, B, C, D, z, delta_bias) -> list[tuple[str, Tensor]]:
+    """[(argument name, tensor)] of the inputs that are given (not None)."""
+    return [(n, t) for n, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
+                                ("delta_bias", delta_bias)) if t is not None]
+
+
+def check_finite(named: list[tuple[str, Tensor]]) -> None:
+    """Raise ``ValueError`` naming the first input that contains NaN or inf."""
+    # cheap screen first: a sum is NaN/inf whenever an element is (it may also overflow, hence the exact
+    # per-tensor check before raising); one pass per tensor, no boolean temporaries, one device sync
+    sums = torch.stack([t.detach().sum().to(torch.float64) for _, t in named])
+    if not bool(torch.isfinite(sums).all()):
+        for name, t in named:
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"selective_scan: {name} contains NaN or infinite values")
 
 
 def _expand_groups(t: Tensor, dim: int) -> Tensor:
@@ -93,9 +110,11 @@ def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     Ct = C_.transpose(-1, -2)                                                       # (B, 1|D, L, N)
     h = u_.new_zeros(u.shape[0], u.shape[1], A.shape[1])
     ys = []
-    for i in range(u.shape[2]):
-        h = dA[:, :, i] * h + dBu[:, :, i]
-        ys.append((h * Ct[:, :, i]).sum(-1))
+    # unbind (not dA[:, :, i]): its backward stacks the step gradients once instead of scattering each
+    # into a fresh (B, D, L, N) zero tensor, which made the backward quadratic in L
+    for dA_i, dBu_i, C_i in zip(dA.unbind(2), dBu.unbind(2), Ct.unbind(2)):
+        h = dA_i * h + dBu_i
+        ys.append((h * C_i).sum(-1))
     y = torch.stack(ys, dim=2)                                                      # (B, D, L)
     out = y if D is None else y + u_ * D.to(compute)[:, None]
     if z is not None:
