@@ -24,7 +24,9 @@ Conventions (see also :mod:`mddose.data.patient`):
   body outline (``Body``/``External``/... or the ROI with RTROIInterpretedType EXTERNAL), else
   ``CT > -500 HU``.
 * **Prescriptions.** From target names (``PTV70`` → 70 Gy); an RTPLAN's DoseReferenceSequence
-  (TARGET with ReferencedROINumber and TargetPrescriptionDose) overrides them.
+  (TARGET with ReferencedROINumber and TargetPrescriptionDose) overrides them: ReferencedROINumber →
+  the RTSTRUCT's ROI (its mddose name) → prescription. mddose writes such a plan with every patient
+  that has a dose or prescribed targets, so a target named ``PTV`` keeps its prescription.
 """
 
 from __future__ import annotations
@@ -334,6 +336,15 @@ def plan_prescriptions(ds, numbers: Mapping[int, str]) -> dict[str, float]:
     return out
 
 
+def _check_plan_structure_set(plan: tuple[Path, object], struct: tuple[Path, object] | None) -> None:
+    """Warn when the RTPLAN references a structure set other than the RTSTRUCT read (ROI numbers may differ)."""
+    referenced = {str(r.ReferencedSOPInstanceUID) for r in plan[1].get("ReferencedStructureSetSequence", [])
+                  if "ReferencedSOPInstanceUID" in r}
+    if struct is not None and referenced and str(struct[1].get("SOPInstanceUID", "")) not in referenced:
+        logger.warning("%s: the RTPLAN references another structure set than %s; its ReferencedROINumbers "
+                       "are read against that RTSTRUCT's ROI numbers", plan[0], struct[0].name)
+
+
 # ---------------------------------------------------------------------------------------- patient
 def _one(items: list[tuple[Path, object]], what: str, directory: Path, for_uid: str | None):
     """The single item of ``items`` in frame of reference ``for_uid`` (all if none match), else error."""
@@ -403,6 +414,7 @@ def read_dicom_patient(directory: str | os.PathLike, roi_map: Mapping[str, str |
     prescriptions = {n: rx for n in masks if (rx := prescription_from_name(n)) is not None}
     plan = _one(found.get("RTPLAN", []), "RTPLAN", directory, for_uid)
     if plan is not None:
+        _check_plan_structure_set(plan, struct)
         prescriptions.update(plan_prescriptions(plan[1], numbers))
         meta_dicom["rtplan_sop_instance_uid"] = str(plan[1].get("SOPInstanceUID", ""))
     pdm, pdm_source = _possible_dose_mask(masks, external, ct)

@@ -1,4 +1,4 @@
-"""Write a :class:`Patient` as DICOM-RT: a CT series, an RTSTRUCT and an RTDOSE.
+"""Write a :class:`Patient` as DICOM-RT: a CT series, an RTSTRUCT, an RTPLAN and an RTDOSE.
 
 Conventions:
 
@@ -16,7 +16,14 @@ Conventions:
   (< 2^32 - 1) and the quantisation error is at most DoseGridScaling / 2 (~1e-8 Gy for 70 Gy).
   DoseUnits GY, DoseType PHYSICAL, DoseSummationType PLAN, GridFrameOffsetVector relative to the
   first frame (k·sz). Negative doses are clipped to 0. ReferencedRTPlanSequence (required for PLAN
-  doses) holds the RTPLAN read with the patient, else a placeholder UID (no plan file is written).
+  doses) holds the RTPLAN written with the patient by :func:`write_dicom_patient`; :func:`write_rtdose`
+  alone references the RTPLAN read with the patient, else a placeholder UID.
+* **RTPLAN** (written when the patient has a dose or a target prescription): a minimal plan
+  (RTPlanGeometry PATIENT, no beams) referencing the RTSTRUCT (ReferencedStructureSetSequence) and
+  holding the prescriptions: one DoseReferenceSequence item per target of ``patient.prescriptions``
+  that has a mask (DoseReferenceStructureType VOLUME, DoseReferenceType TARGET, ReferencedROINumber
+  of that ROI, TargetPrescriptionDose in Gy). The reader takes prescriptions from it, so target names
+  without a dose (``PTV``) keep theirs through a round trip.
 * **UIDs**: StudyInstanceUID and FrameOfReferenceUID are kept from ``patient.meta["dicom"]`` when the
   patient was read from DICOM (same patient, same coordinates); every series and SOP instance gets a
   new UID from :func:`pydicom.uid.generate_uid`. :func:`write_rtdose` alone references the CT in
@@ -61,6 +68,8 @@ class DicomRefs:
     ct_series_uid: str = ""
     ct_sop_uids: list[str] = field(default_factory=list)
     rtplan_sop_uid: str = ""
+    rtstruct_sop_uid: str = ""
+    roi_numbers: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_patient(cls, patient: Patient, new_ct: bool) -> "DicomRefs":
@@ -109,7 +118,7 @@ def _dataset(sop_class: str, modality: str, refs: DicomRefs, series_uid: str, so
     ds.Modality, ds.Manufacturer, ds.ManufacturerModelName = modality, "mddose", "mddose"
     ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = refs.patient_name, refs.patient_id, "", ""
     ds.StudyInstanceUID, ds.SeriesInstanceUID = refs.study_uid, series_uid
-    ds.SeriesNumber = {"CT": 1, "RTSTRUCT": 2, "RTDOSE": 3}.get(modality, 9)
+    ds.SeriesNumber = {"CT": 1, "RTSTRUCT": 2, "RTDOSE": 3, "RTPLAN": 4}.get(modality, 9)
     if modality.startswith("RT"):
         ds.OperatorsName = ""
     return ds
@@ -208,12 +217,17 @@ def _structure_masks(patient: Patient) -> dict[str, np.ndarray]:
 
 
 def write_rtstruct(patient: Patient, path: Path, refs: DicomRefs) -> Path:
-    """Write every mask of ``patient`` (and its possible-dose mask) as an RTSTRUCT at ``path``."""
+    """Write every mask of ``patient`` (and its possible-dose mask) as an RTSTRUCT at ``path``.
+
+    Records the RTSTRUCT's SOPInstanceUID and the ROI numbers (name → ROINumber) in ``refs``.
+    """
     from pydicom.dataset import Dataset
     from pydicom.uid import generate_uid
 
     grid = Grid.of(patient)
-    ds = _dataset(RT_STRUCT_STORAGE, "RTSTRUCT", refs, generate_uid())
+    ds = _dataset(RT_STRUCT_STORAGE, "RTSTRUCT", refs, generate_uid(), refs.rtstruct_sop_uid or None)
+    refs.rtstruct_sop_uid = str(ds.SOPInstanceUID)
+    refs.roi_numbers = {}
     ds.StructureSetLabel, ds.StructureSetName = "mddose", "mddose"
     ds.StructureSetDate, ds.StructureSetTime = ds.StudyDate, ds.StudyTime
     ds.FrameOfReferenceUID = refs.frame_of_reference_uid
@@ -239,6 +253,7 @@ def write_rtstruct(patient: Patient, path: Path, refs: DicomRefs) -> Path:
         roi.ROINumber, roi.ReferencedFrameOfReferenceUID = number, refs.frame_of_reference_uid
         roi.ROIName, roi.ROIGenerationAlgorithm = name, "AUTOMATIC"
         rois.append(roi)
+        refs.roi_numbers[name] = number
         rc = Dataset()
         rc.ReferencedROINumber = number
         rc.ROIDisplayColor = list(_PALETTE[(number - 1) % len(_PALETTE)])
@@ -261,6 +276,58 @@ def write_rtstruct(patient: Patient, path: Path, refs: DicomRefs) -> Path:
         observations.append(obs)
     ds.StructureSetROISequence, ds.ROIContourSequence = rois, contours
     ds.RTROIObservationsSequence = observations
+    _save(ds, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------- RTPLAN
+def plan_targets(patient: Patient) -> dict[str, float]:
+    """Target name → prescription (Gy) of the targets of ``patient.prescriptions`` that have a mask."""
+    return {name: float(rx) for name, rx in patient.prescriptions.items() if name in patient.masks}
+
+
+def _rtplan_dataset(patient: Patient, refs: DicomRefs):
+    """A minimal RTPLAN (no beams) referencing the RTSTRUCT in ``refs`` and holding the prescriptions."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+
+    if not refs.rtstruct_sop_uid:
+        raise ValueError("write the RTSTRUCT before the RTPLAN (its SOPInstanceUID is referenced)")
+    ds = _dataset(RT_PLAN_STORAGE, "RTPLAN", refs, generate_uid(), refs.rtplan_sop_uid or None)
+    ds.FrameOfReferenceUID = refs.frame_of_reference_uid
+    ds.PositionReferenceIndicator = ""
+    ds.RTPlanLabel, ds.RTPlanName = "mddose", "mddose"
+    ds.RTPlanDate, ds.RTPlanTime = ds.StudyDate, ds.StudyTime
+    ds.RTPlanGeometry = "PATIENT"
+    struct = Dataset()
+    struct.ReferencedSOPClassUID, struct.ReferencedSOPInstanceUID = RT_STRUCT_STORAGE, refs.rtstruct_sop_uid
+    ds.ReferencedStructureSetSequence = [struct]
+    items = []
+    for number, (name, rx) in enumerate(plan_targets(patient).items(), start=1):
+        if name not in refs.roi_numbers:
+            raise ValueError(f"target {name!r} is not an ROI of the written RTSTRUCT")
+        item = Dataset()
+        item.DoseReferenceNumber = number
+        item.DoseReferenceStructureType = "VOLUME"
+        item.DoseReferenceDescription = name[:64]
+        item.ReferencedROINumber = refs.roi_numbers[name]
+        item.DoseReferenceType = "TARGET"
+        item.TargetPrescriptionDose = _ds(rx)
+        items.append(item)
+    if items:
+        ds.PrescriptionDescription = "mddose target prescriptions"
+        ds.DoseReferenceSequence = items
+    return ds
+
+
+def write_rtplan(patient: Patient, path: Path, refs: DicomRefs) -> Path:
+    """Write the minimal RTPLAN of ``patient`` at ``path`` (after :func:`write_rtstruct` filled ``refs``).
+
+    Sets ``refs.rtplan_sop_uid`` to the plan's SOPInstanceUID (a new one unless already set), which
+    the RTDOSE then references.
+    """
+    ds = _rtplan_dataset(patient, refs)
+    refs.rtplan_sop_uid = str(ds.SOPInstanceUID)
     _save(ds, path)
     return path
 
@@ -339,19 +406,25 @@ def write_rtdose(dose: np.ndarray, patient: Patient, path: str | os.PathLike, *,
 
 # ---------------------------------------------------------------------------------------- patient
 def write_dicom_patient(patient: Patient, directory: str | os.PathLike, *, force: bool = False) -> Path:
-    """Write ``patient`` into ``directory`` as ``CT.<k>.dcm`` slices, ``RTSTRUCT.dcm`` and ``RTDOSE.dcm``.
+    """Write ``patient`` into ``directory`` as ``CT.<k>.dcm`` slices, ``RTSTRUCT.dcm``, ``RTPLAN.dcm``
+    and ``RTDOSE.dcm``.
 
-    The directory is built in a temporary sibling and renamed into place. An existing non-empty
-    ``directory`` is refused unless ``force`` (then it is replaced once the new one is complete).
+    The RTPLAN (target prescriptions; see the module docstring) is written when the patient has a dose
+    or a prescribed target with a mask; the RTDOSE references it. The directory is built in a temporary
+    sibling and renamed into place. An existing non-empty ``directory`` is refused unless ``force``
+    (then it is replaced once the new one is complete).
     """
     directory = Path(directory)
     if directory.is_dir() and not any(directory.iterdir()):
         force = True  # an empty directory made by the caller
     refs = DicomRefs.from_patient(patient, new_ct=True)
+    refs.rtplan_sop_uid = ""  # a new plan: the one read with the patient (if any) is not copied
     dose = _check_dose(patient.dose, patient) if patient.dose is not None else None
     with atomic_dir(directory, force=force) as tmp:
         write_ct_series(patient, tmp, refs)
         write_rtstruct(patient, tmp / "RTSTRUCT.dcm", refs)
+        if dose is not None or plan_targets(patient):
+            write_rtplan(patient, tmp / "RTPLAN.dcm", refs)
         if dose is not None:
             _save(_rtdose_dataset(dose, patient, refs), tmp / "RTDOSE.dcm")
     return directory
