@@ -1,5 +1,34 @@
-"""`mddose predict` — not yet implemented (placeholder registering nothing)."""
+"""``mddose predict`` — the 3D dose of each patient from a trained checkpoint."""
+
+from __future__ import annotations
 
 
 def register(sub) -> None:
-    """Add this module's sub-command(s) to sub."""
+    p = sub.add_parser("predict", help="predict the 3D dose of patients with a trained checkpoint")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (model.safetensors + config.json)")
+    p.add_argument("--input", required=True, help="a patient directory or a directory of patients (any format)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--format", default="openkbp", choices=["openkbp", "nifti", "dicom"], help="output format")
+    p.add_argument("--sampler", default="ddim", help="ddpm | ddim | dpmpp2m (default ddim)")
+    p.add_argument("--steps", type=int, default=50, help="sampler steps (DDPM always uses all T)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    p.add_argument("--samples", type=int, default=1, help="samples per slice; >1 also writes an uncertainty map")
+    p.add_argument("--batch", type=int, default=16, help="slices per sampler call")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--allow-missing-rois", action="store_true", help="fill channels of missing ROIs with zeros")
+    p.add_argument("--force", action="store_true", help="write into an existing non-empty output directory")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from mddose.predict import predict_to_dir
+
+    done, errors = predict_to_dir(
+        args.checkpoint, args.input, args.out, fmt=args.format, sampler=args.sampler, steps=args.steps,
+        eta=args.eta, samples=args.samples, batch=args.batch, allow_missing_rois=args.allow_missing_rois,
+        force=args.force, seed=args.seed, device=args.device)
+    print(f"predicted {len(done)} patient(s) into {args.out}")
+    for item, msg in errors:
+        print(f"skipped {item}: {msg}")
+    return 0

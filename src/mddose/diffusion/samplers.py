@@ -72,8 +72,8 @@ class _Eval:
     def __call__(self, x: Tensor, t: int) -> tuple[Tensor, Tensor]:
         ab = float(self.diffusion.alphas_cumprod[t])
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        eps = self.model(x, tt, self.cond).float()
-        x0 = ((x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)).clamp(-1.0, 1.0)
+        out = self.model(x, tt, self.cond).float()
+        x0 = self.diffusion.split_output(x, tt, out)[0].clamp(-1.0, 1.0)
         eps = (x - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
         return x0, eps
 

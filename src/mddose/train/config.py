@@ -59,6 +59,7 @@ class DiffusionConfig:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     schedule: str = "linear"
+    prediction: str = "eps"          # "eps" (the paper) or "v"
 
 
 @dataclass(frozen=True)

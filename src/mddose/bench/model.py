@@ -1,0 +1,173 @@
+"""``mddose bench model`` — denoiser size and speed, training throughput, whole-patient prediction.
+
+Sections (``--sections``, default all that can run):
+
+* ``iter``: parameters and seconds per denoiser iteration (one forward pass, batch 1, no grad) of
+  ``md-dose`` presets ``paper`` at 128² and 256² and ``small`` at 128² (the paper's Table 2 reports
+  0.18 s/iteration on an RTX 3090).
+* ``train``: training throughput (slices/s, forward + backward + Adam step) of ``small`` at 128², batch 8.
+* ``patient``: whole-patient prediction of one real OpenKBP patient (128³) with the default CPU
+  model and sampler (``small``, untrained weights: speed does not depend on them). Target ≤ 60 s.
+* ``steps``: dose score (MAE in Gy inside the possible-dose mask) against the number of sampler steps
+  (DDPM 1000, DDIM 100 / 50 / 20 / 10, DPM-Solver++ 20 / 10) on held-out phantoms, with a trained
+  checkpoint given by ``--checkpoint`` (e.g. the demo's ``mddose-demo/checkpoint``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+SECTIONS = ("iter", "train", "patient", "steps")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--checkpoint", help="trained checkpoint for the 'steps' section (skipped without)")
+    parser.add_argument("--data", help="OpenKBP patient for 'patient' (default ../shared/openkbp/validation-pats/pt_201)")
+    parser.add_argument("--phantoms", type=int, default=2, help="held-out phantoms for 'steps'")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _time(fn, repeats: int) -> float:
+    fn()  # warm-up (kernel compilation, allocator)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def bench_iter(repeats: int) -> list[dict]:
+    import torch
+
+    from mddose.models import build_model
+
+    rows = []
+    for preset, size in (("small", 128), ("paper", 128), ("paper", 256)):
+        model = build_model("md-dose", preset=preset, in_channels=9).eval()
+        x, c = torch.randn(1, 1, size, size), torch.randn(1, 9, size, size)
+        t = torch.full((1,), 500, dtype=torch.long)
+        with torch.no_grad():
+            s = _time(lambda: model(x, t, c), repeats)
+        rows.append({"preset": preset, "size": size, "parameters": sum(p.numel() for p in model.parameters()),
+                     "s_per_iter": round(s, 4)})
+    return rows
+
+
+def bench_train(repeats: int, batch: int = 8, size: int = 128) -> dict:
+    import torch
+
+    from mddose.diffusion import GaussianDiffusion
+    from mddose.models import build_model
+
+    model = build_model("md-dose", preset="small", in_channels=9)
+    opt = torch.optim.Adam(model.parameters(), 1e-4)
+    diff = GaussianDiffusion()
+    x0, c = torch.rand(batch, 1, size, size), torch.randn(batch, 9, size, size)
+
+    def step():
+        loss = diff.loss(model, x0, c)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    s = _time(step, repeats)
+    return {"preset": "small", "size": size, "batch": batch, "s_per_step": round(s, 3),
+            "slices_per_s": round(batch / s, 2)}
+
+
+def _default_patient() -> Path:
+    shared = os.environ.get("MDDOSE_SHARED")
+    root = Path(shared) if shared else Path(__file__).resolve().parents[3].parent / "shared"
+    return root / "openkbp" / "validation-pats" / "pt_201"
+
+
+def bench_patient(path: Path, sampler: str, steps: int) -> dict:
+    import torch
+
+    from mddose.data.io import load_patient
+    from mddose.data.slices import SliceConfig
+    from mddose.diffusion import GaussianDiffusion
+    from mddose.models import build_model
+    from mddose.predict import predict_patient
+    from mddose.train.checkpoint import CheckpointBundle
+
+    patient = load_patient(path)
+    cfg = SliceConfig(size=128)
+    model = build_model("md-dose", preset="small", in_channels=cfg.channels).eval()
+    bundle = CheckpointBundle(model=model, model_config=model.config, slice_config=cfg, train_config=None,
+                              diffusion=GaussianDiffusion(), meta={})
+    t = time.perf_counter()
+    pred = predict_patient(bundle, patient, sampler=sampler, steps=steps, batch=32, allow_missing_rois=True)
+    s = time.perf_counter() - t
+    del torch
+    return {"patient": patient.id, "grid": list(patient.shape), "sampler": sampler, "steps": steps,
+            "seconds": round(s, 1), "target_s": 60, "nonzero": bool(pred.dose.any())}
+
+
+def bench_steps(checkpoint: str, n: int) -> list[dict]:
+    import numpy as np
+
+    from mddose.data.phantom import make_phantom
+    from mddose.predict import predict_patient
+    from mddose.train.checkpoint import load_checkpoint
+
+    bundle = load_checkpoint(checkpoint)
+    patients = [make_phantom(10_000 + i, 64) for i in range(n)]
+    rows = []
+    for sampler, steps in (("ddpm", 1000), ("ddim", 100), ("ddim", 50), ("ddim", 20), ("ddim", 10),
+                           ("dpmpp2m", 20), ("dpmpp2m", 10)):
+        t = time.perf_counter()
+        errs = []
+        for p in patients:
+            pred = predict_patient(bundle, p, sampler=sampler, steps=steps, batch=64)
+            m = p.dose_mask()
+            errs.append(float(np.abs(pred.dose[m] - p.dose[m]).mean()))
+        rows.append({"sampler": sampler, "steps": steps, "dose_score_gy": round(float(np.mean(errs)), 3),
+                     "seconds": round(time.perf_counter() - t, 1)})
+    return rows
+
+
+def run(args) -> int:
+    import platform
+
+    import torch
+
+    from mddose.errors import MddoseError
+
+    res: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__}, "
+                            f"{torch.get_num_threads()} threads"}
+    if "iter" in args.sections:
+        res["iter"] = bench_iter(args.repeats)
+    if "train" in args.sections:
+        res["train"] = bench_train(args.repeats)
+    if "patient" in args.sections:
+        path = Path(args.data) if args.data else _default_patient()
+        if path.is_dir():
+            res["patient"] = [bench_patient(path, "dpmpp2m", 10), bench_patient(path, "ddim", 50)]
+        else:
+            res["patient"] = f"skipped: {path} not found (give --data)"
+    if "steps" in args.sections:
+        if args.checkpoint:
+            if not Path(args.checkpoint).is_dir():
+                raise MddoseError("--checkpoint: not a directory", args.checkpoint)
+            res["steps"] = bench_steps(args.checkpoint, args.phantoms)
+        else:
+            res["steps"] = "skipped: give --checkpoint (e.g. mddose-demo/checkpoint)"
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    print(res["machine"])
+    for key in SECTIONS:
+        if key not in res:
+            continue
+        print(f"\n[{key}]")
+        rows = res[key] if isinstance(res[key], list) else [res[key]]
+        for row in rows:
+            print("  " + (row if isinstance(row, str) else ", ".join(f"{k}={v}" for k, v in row.items())))
+    return 0

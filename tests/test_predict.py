@@ -1,0 +1,114 @@
+"""Whole-patient prediction: checkpoint → slices → sampler → 3D dose files that read back."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mddose.cli.main import main
+from mddose.data.io import load_patient, save_patient
+from mddose.data.phantom import make_phantom
+from mddose.data.slices import SliceConfig
+from mddose.diffusion import GaussianDiffusion
+from mddose.errors import MddoseError
+from mddose.models import build_model
+from mddose.predict import predict_patient, predict_to_dir
+from mddose.train.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """An (untrained) tiny md-dose checkpoint for 32² phantom slices."""
+    torch.manual_seed(0)
+    cfg = SliceConfig.for_phantoms(size=SIZE)
+    model = build_model("md-dose", preset="tiny", in_channels=cfg.channels)
+    path = tmp_path_factory.mktemp("ckpt") / "ckpt"
+    conf = checkpoint_config(model, slice_config=cfg.to_dict(), train_config={},
+                             diffusion=GaussianDiffusion().to_dict(), step=0, epoch=0)
+    save_checkpoint(path, model=model, ema=model, config=conf)
+    return path
+
+
+@pytest.fixture(scope="module")
+def patients_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("patients")
+    for i in range(2):
+        p = make_phantom(100 + i, 32)
+        p.id = f"pt_{i + 1}"
+        save_patient(p, root / p.id, "nifti")
+    return root
+
+
+def test_predict_patient_shape_mask_and_uncertainty(checkpoint):
+    bundle = load_checkpoint(checkpoint)
+    patient = make_phantom(7, 32)
+    pred = predict_patient(bundle, patient, sampler="dpmpp2m", steps=3, samples=2, batch=8)
+    assert pred.dose.shape == patient.shape and pred.std.shape == patient.shape
+    assert np.isfinite(pred.dose).all() and (pred.dose >= 0).all()
+    outside = ~patient.dose_mask()
+    assert not pred.dose[outside].any() and not pred.std[outside].any()
+    assert pred.std[patient.dose_mask()].max() > 0
+    # the reference dose is never used: a patient without dose predicts the same
+    again = predict_patient(bundle, patient.with_dose(None), sampler="dpmpp2m", steps=3, samples=2, batch=8)
+    np.testing.assert_array_equal(pred.dose, again.dose)
+
+
+def test_missing_roi_named_unless_allowed(checkpoint):
+    bundle = load_checkpoint(checkpoint)
+    patient = make_phantom(3, 32)
+    del patient.masks["Heart"]
+    with pytest.raises(MddoseError, match="Heart.*--allow-missing-rois"):
+        predict_patient(bundle, patient, steps=2)
+    pred = predict_patient(bundle, patient, steps=2, allow_missing_rois=True)
+    assert pred.dose.shape == patient.shape
+
+
+@pytest.mark.parametrize("fmt, suffix", [("nifti", ".nii.gz"), ("openkbp", ".csv")])
+def test_predict_to_dir_reads_back(checkpoint, patients_dir, tmp_path, fmt, suffix):
+    out = tmp_path / "pred"
+    done, errors = predict_to_dir(checkpoint, patients_dir, out, fmt=fmt, sampler="ddim", steps=2,
+                                  samples=2, progress=False)
+    assert sorted(done) == ["pt_1", "pt_2"] and errors == []
+    info = json.loads((out / "predict.json").read_text())
+    assert info["patients"] == done and info["sampler"] == "ddim"
+    for pid in done:
+        assert (out / f"{pid}{suffix}").is_file() and (out / "uncertainty" / f"{pid}{suffix}").is_file()
+    ref = load_patient(patients_dir / "pt_1", cache=False)
+    if fmt == "nifti":
+        from mddose.data.nifti import read_nifti_array
+
+        dose = read_nifti_array(out / "pt_1.nii.gz")[0]
+    else:
+        from mddose.data.openkbp import read_dose_csv
+
+        dose = read_dose_csv(out / "pt_1.csv", shape=ref.shape)
+    direct = predict_patient(load_checkpoint(checkpoint), ref, sampler="ddim", steps=2, samples=2, batch=16)
+    np.testing.assert_allclose(dose, direct.dose, rtol=1e-6, atol=1e-6)
+
+
+def test_predict_refuses_nonempty_output(checkpoint, patients_dir, tmp_path):
+    out = tmp_path / "pred"
+    out.mkdir()
+    (out / "mine.txt").write_text("user data")
+    with pytest.raises(MddoseError, match="not empty"):
+        predict_to_dir(checkpoint, patients_dir, out, progress=False)
+    assert (out / "mine.txt").read_text() == "user data"
+
+
+def test_cli_predict_and_bad_checkpoint(checkpoint, patients_dir, tmp_path, capsys):
+    out = tmp_path / "pred"
+    rc = main(["predict", "--checkpoint", str(checkpoint), "--input", str(patients_dir / "pt_1"),
+               "--out", str(out), "--format", "nifti", "--steps", "2"])
+    assert rc == 0 and (out / "pt_1.nii.gz").is_file()
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{}")
+    rc = main(["predict", "--checkpoint", str(bad), "--input", str(patients_dir), "--out", str(tmp_path / "o2")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
