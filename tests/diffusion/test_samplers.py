@@ -95,3 +95,36 @@ def test_bad_arguments(kwargs):
     d = GaussianDiffusion()
     with pytest.raises(MddoseError):
         sample(Analytic(d), d, torch.zeros(1, 1, 4, 4), **kwargs)
+
+
+class AnalyticV(Analytic):
+    """The same optimal denoiser expressed as a v-predictor: v = sqrt(ab) ε − sqrt(1−ab) x̂0."""
+
+    def forward(self, x, t, cond):
+        eps = super().forward(x, t, cond)
+        ab = self.ab[t].float().view(-1, 1, 1, 1)
+        x0 = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
+        return ab.sqrt() * eps - (1 - ab).sqrt() * x0
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddim", 50), ("dpmpp2m", 10), ("ddpm", 100)])
+def test_v_prediction_samples_like_eps_prediction(sampler, steps):
+    d_eps, d_v = GaussianDiffusion(), GaussianDiffusion(prediction="v")
+    cond = torch.zeros(1, 2, 32, 32)
+    a, _ = sample(Analytic(d_eps), d_eps, cond, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(3))
+    b, _ = sample(AnalyticV(d_v), d_v, cond, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_v_prediction_loss_target():
+    d = GaussianDiffusion(prediction="v")
+    x0, noise = torch.rand(4, 1, 8, 8) * 2 - 1, torch.randn(4, 1, 8, 8)
+    t = torch.tensor([0, 10, 500, 999])
+    ab = d.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+    torch.testing.assert_close(d.target(x0, t, noise), ab.sqrt() * noise - (1 - ab).sqrt() * x0)
+    x_t = d.q_sample(x0, t, noise)
+    x0_hat, eps_hat = d.split_output(x_t, t, d.target(x0, t, noise))
+    torch.testing.assert_close(x0_hat, x0, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(eps_hat, noise, rtol=1e-4, atol=1e-4)
+    with pytest.raises(MddoseError, match="prediction"):
+        GaussianDiffusion(prediction="x1")
