@@ -58,32 +58,30 @@ def detect_format(path: str | os.PathLike) -> str:
     return fmt
 
 
-def _reader(fmt: str):
-    if fmt == "openkbp":
-        from mddose.data.openkbp import read_openkbp_patient
-        return read_openkbp_patient
-    if fmt == "nifti":
-        from mddose.data.nifti import read_nifti_patient
-        return read_nifti_patient
+#: format → (module, reader function, writer function); modules are imported on first use.
+_FORMATS: dict[str, tuple[str, str, str]] = {
+    "openkbp": ("mddose.data.openkbp", "read_openkbp_patient", "write_openkbp_patient"),
+    "nifti": ("mddose.data.nifti", "read_nifti_patient", "write_nifti_patient"),
+    "dicom": ("mddose.data.dicom", "read_dicom_patient", "write_dicom_patient"),
+}
+
+
+def _format_function(fmt: str, which: int):
+    import importlib
+
+    module, *names = _FORMATS[fmt]
     try:
-        from mddose.data.dicom import read_dicom_patient
+        return getattr(importlib.import_module(module), names[which])
     except ImportError as exc:
-        raise MddoseError(f"DICOM support is not available ({exc})") from None
-    return read_dicom_patient
+        raise MddoseError(f"{fmt} support is not available ({exc})") from None
+
+
+def _reader(fmt: str):
+    return _format_function(fmt, 0)
 
 
 def _writer(fmt: str):
-    if fmt == "openkbp":
-        from mddose.data.openkbp import write_openkbp_patient
-        return write_openkbp_patient
-    if fmt == "nifti":
-        from mddose.data.nifti import write_nifti_patient
-        return write_nifti_patient
-    try:
-        from mddose.data.dicom import write_dicom_patient
-    except ImportError as exc:
-        raise MddoseError(f"DICOM support is not available ({exc})") from None
-    return write_dicom_patient
+    return _format_function(fmt, 1)
 
 
 def load_patient(path: str | os.PathLike, format: str | None = None, *, cache: bool = True) -> Patient:
