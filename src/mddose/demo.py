@@ -36,7 +36,7 @@ class DemoConfig:
     size: int = 64
     seed: int = 0
     train_minutes: float = 5.5
-    sampler: str = "dpmpp2m"
+    sampler: str = "ddim"
     steps: int = 10
     samples: int = 2
 

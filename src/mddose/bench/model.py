@@ -161,7 +161,8 @@ def run(args) -> int:
     if "patient" in args.sections:
         path = Path(args.data) if args.data else _default_patient()
         if path.is_dir():
-            res["patient"] = [bench_patient(path, "dpmpp2m", 10), bench_patient(path, "ddim", 50)]
+            res["patient"] = [bench_patient(path, "ddim", 10), bench_patient(path, "dpmpp2m", 10),
+                              bench_patient(path, "ddim", 50)]
         else:
             res["patient"] = f"skipped: {path} not found (give --data)"
     if "steps" in args.sections:
