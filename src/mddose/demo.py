@@ -103,7 +103,7 @@ def run_demo(out: str | Path = "mddose-demo", *, config: DemoConfig = DemoConfig
 
     pred_dir = out / "predictions"
     predict_to_dir(ckpt, test_dir, pred_dir, fmt="nifti", sampler=c.sampler, steps=c.steps, samples=c.samples,
-                   batch=32, progress=progress)
+                   progress=progress)
 
     # 4. evaluation --------------------------------------------------------------------------------
     _stage("4/5 evaluating")

@@ -55,7 +55,7 @@ def missing_rois(patient: Patient, slice_cfg) -> list[str]:
 
 
 def predict_patient(bundle, patient: Patient, *, sampler: str = "ddim", steps: int = 10, eta: float = 0.0,
-                    samples: int = 1, batch: int = 16, allow_missing_rois: bool = False, seed: int = 0,
+                    samples: int = 1, batch: int = 8, allow_missing_rois: bool = False, seed: int = 0,
                     progress: bool = False) -> Prediction:
     """Predict the 3D dose of one patient with a loaded checkpoint ``bundle``.
 
@@ -87,7 +87,7 @@ def predict_patient(bundle, patient: Patient, *, sampler: str = "ddim", steps: i
         from tqdm.auto import tqdm
 
         steps_iter = tqdm(steps_iter, desc=f"predict {patient.id}", unit="batch", leave=False)
-    with torch.no_grad():
+    with torch.inference_mode():
         for i in steps_iter:
             c = cond[i:i + batch].to(device)
             mean, std = sample(model, bundle.diffusion, c, sampler=sampler, steps=steps, eta=eta,
@@ -141,7 +141,7 @@ def write_prediction(pred: Prediction, patient: Patient, out: Path, fmt: str) ->
 
 
 def predict_to_dir(checkpoint: str | Path, input_path: str | Path, out: str | Path, *, fmt: str = "openkbp",
-                   sampler: str = "ddim", steps: int = 10, eta: float = 0.0, samples: int = 1, batch: int = 16,
+                   sampler: str = "ddim", steps: int = 10, eta: float = 0.0, samples: int = 1, batch: int = 8,
                    allow_missing_rois: bool = False, force: bool = False, seed: int = 0,
                    device: str = "auto", progress: bool = True) -> tuple[list[str], list[tuple[str, str]]]:
     """Predict every patient under ``input_path`` and write them into ``out``.
