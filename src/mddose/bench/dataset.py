@@ -70,8 +70,9 @@ def _stage(dirs: list[Path], size: int, dtype: str, cache_dir: Path) -> dict:
 
 
 def run(args) -> int:
-    default = Path(os.environ.get("MDDOSE_SHARED", Path.cwd().parent / "shared")) / "openkbp"
-    data = Path(args.data) if args.data else default
+    from mddose.bench import shared_openkbp
+
+    data = Path(args.data) if args.data else shared_openkbp()
     dirs = _patient_dirs(data)
     tmp = Path(tempfile.mkdtemp(prefix="mddose-bench-dataset-"))
     try:

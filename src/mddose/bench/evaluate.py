@@ -10,7 +10,6 @@ Targets: loading + scores ≤ 20 s for the 36 patients; gamma ≤ 30 s for one 1
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -23,11 +22,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def _default_data() -> Path | None:
-    env = os.environ.get("MDDOSE_SHARED")
-    cands = [Path(env) / "openkbp"] if env else []
-    cands.append(Path(__file__).resolve().parents[3].parent / "shared" / "openkbp")
-    return next((c for c in cands if c.is_dir()), None)
+def _default_data() -> Path:
+    from mddose.bench import shared_openkbp
+
+    return shared_openkbp()
 
 
 def run(args) -> int:

@@ -26,8 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _default_data() -> Path:
-    shared = os.environ.get("MDDOSE_SHARED")
-    return Path(shared) / "openkbp" if shared else Path("..") / "shared" / "openkbp"
+    from mddose.bench import shared_openkbp
+
+    return shared_openkbp()
 
 
 def run(args: argparse.Namespace) -> int:

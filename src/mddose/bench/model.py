@@ -83,9 +83,9 @@ def bench_train(repeats: int, batch: int = 8, size: int = 128) -> dict:
 
 
 def _default_patient() -> Path:
-    shared = os.environ.get("MDDOSE_SHARED")
-    root = Path(shared) if shared else Path(__file__).resolve().parents[3].parent / "shared"
-    return root / "openkbp" / "validation-pats" / "pt_201"
+    from mddose.bench import shared_openkbp
+
+    return shared_openkbp() / "validation-pats" / "pt_201"
 
 
 def bench_patient(path: Path, sampler: str, steps: int) -> dict:
