@@ -207,7 +207,8 @@ PRESETS = {
 }
 
 
-@register_model("md-dose", MDDoseConfig, presets=PRESETS)
+@register_model("md-dose", MDDoseConfig, presets=PRESETS, kind="diffusion", dims=2, fidelity="paper",
+                source="Fu et al. 2024, MD-Dose (paper, Sec. 2) and the authors' code LinjieFu-U/mamba_dose")
 def build_md_dose(cfg: MDDoseConfig) -> MDDose:
     """Builder registered as ``"md-dose"``."""
     return MDDose(cfg)

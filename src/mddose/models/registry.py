@@ -1,14 +1,24 @@
 """Model registry: every architecture registers a typed, frozen config class and a builder.
 
-Every denoiser follows one interface, ``model(x_t, t, cond) -> eps`` with
-``x_t: (B, 1, H, W)``, ``t: (B,)`` (integer timesteps, long or float), ``cond: (B, C, H, W)``,
-returning ``(B, 1, H, W)`` — samplers and the trainer never know which network they drive.
+Two kinds of model, declared by each registry entry (``kind``):
+
+* ``"diffusion"`` — a denoiser with one interface, ``model(x_t, t, cond) -> output`` with
+  ``x_t: (B, 1, H, W)``, ``t: (B,)`` (integer timesteps, long or float), ``cond: (B, C, H, W)``,
+  returning ``(B, 1, H, W)`` (ε, v or x₀ as the diffusion config says) — samplers and the trainer
+  never know which network they drive.
+* ``"regression"`` — a direct dose regressor over whole volumes, ``model(cond) -> dose`` with
+  ``cond: (B, C, D, H, W)`` returning ``(B, 1, D, H, W)``; ``model.training_outputs(cond)`` returns
+  ``[(weight, prediction), ...]`` for deep supervision (C3D: ``[(0.5, A), (1.0, B)]``).
+
+Every config has an ``in_channels`` field. Each entry also records ``dims`` (2 or 3), ``fidelity``
+(``"official-code"``: layer for layer from the authors' code; ``"paper"``: from the paper;
+``"reconstruction"``: designed by us where nothing is published) and ``source`` (one line).
 
 Usage::
 
-    @register_model("md-dose", presets={"small": {...}, "paper": {...}})
-    @dataclass(frozen=True)
-    class MDDoseConfig(ModelConfig): ...
+    @register_model("md-dose", MDDoseConfig, presets={"small": {...}, "paper": {...}},
+                    kind="diffusion", dims=2, fidelity="paper", source="Fu et al. 2024 ...")
+    def build(cfg: MDDoseConfig) -> nn.Module: ...
 
     model = build_model("md-dose", preset="small", in_channels=10)
     cfg = model.config                      # the frozen config, saved next to the weights
@@ -47,24 +57,49 @@ class ModelConfig:
         return cls(**conv)
 
 
+KINDS = ("diffusion", "regression")
+FIDELITIES = ("official-code", "paper", "reconstruction")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the registry knows of a model besides its config: see the module docstring."""
+
+    name: str
+    kind: str
+    dims: int
+    fidelity: str
+    source: str
+    notes: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclass
 class _Entry:
     config_cls: type[ModelConfig]
     builder: Callable[[ModelConfig], nn.Module]
     presets: dict[str, dict[str, Any]]
+    info: ModelInfo
 
 
 _REGISTRY: dict[str, _Entry] = {}
 _NAME_OF: dict[type, str] = {}
 
 
-def register_model(name: str, config_cls: type[ModelConfig], presets: dict[str, dict[str, Any]] | None = None):
-    """Class/function decorator registering ``builder(config) -> nn.Module`` under ``name``."""
+def register_model(name: str, config_cls: type[ModelConfig], presets: dict[str, dict[str, Any]] | None = None, *,
+                   kind: str = "diffusion", dims: int = 2, fidelity: str = "paper", source: str = "",
+                   notes: str = ""):
+    """Function decorator registering ``builder(config) -> nn.Module`` under ``name`` (see module docstring)."""
+    if kind not in KINDS or dims not in (2, 3) or fidelity not in FIDELITIES:
+        raise ValueError(f"register_model({name!r}): bad kind/dims/fidelity {kind!r}/{dims!r}/{fidelity!r}")
+    info = ModelInfo(name, kind, dims, fidelity, source, notes)
 
     def deco(builder):
         if name in _REGISTRY:
             raise RuntimeError(f"model {name!r} registered twice")
-        _REGISTRY[name] = _Entry(config_cls, builder, dict(presets or {}))
+        _REGISTRY[name] = _Entry(config_cls, builder, dict(presets or {}), info)
         _NAME_OF[config_cls] = name
         return builder
 
@@ -80,6 +115,20 @@ def available_models() -> dict[str, list[str]]:
     """Model name → list of preset names."""
     _ensure_loaded()
     return {n: list(e.presets) for n, e in sorted(_REGISTRY.items())}
+
+
+def model_info(name: str) -> ModelInfo:
+    """The registry's :class:`ModelInfo` of model ``name`` (kind, dims, fidelity, source)."""
+    _ensure_loaded()
+    if name not in _REGISTRY:
+        raise MddoseError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name].info
+
+
+def info_of(config: ModelConfig) -> ModelInfo:
+    """The :class:`ModelInfo` of the model a config belongs to."""
+    _ensure_loaded()
+    return _REGISTRY[_NAME_OF[type(config)]].info
 
 
 def make_config(name: str, preset: str | None = None, **overrides: Any) -> ModelConfig:
