@@ -28,7 +28,7 @@ def checkpoint(tmp_path_factory):
     cfg = SliceConfig.for_phantoms(size=SIZE)
     model = build_model("md-dose", preset="tiny", in_channels=cfg.channels)
     path = tmp_path_factory.mktemp("ckpt") / "ckpt"
-    conf = checkpoint_config(model, slice_config=cfg.to_dict(), train_config={},
+    conf = checkpoint_config(model, data_config={"slice_config": cfg.to_dict()}, train_config={},
                              diffusion=GaussianDiffusion().to_dict(), step=0, epoch=0)
     save_checkpoint(path, model=model, ema=model, config=conf)
     return path
@@ -112,3 +112,63 @@ def test_cli_predict_and_bad_checkpoint(checkpoint, patients_dir, tmp_path, caps
     rc = main(["predict", "--checkpoint", str(bad), "--input", str(patients_dir), "--out", str(tmp_path / "o2")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------- 3D regression models
+@pytest.fixture(scope="module")
+def checkpoint_3d(tmp_path_factory):
+    """An (untrained) tiny C3D checkpoint on a 16³ grid for phantoms."""
+    from mddose.data.volume import VolumeConfig
+
+    torch.manual_seed(0)
+    vcfg = VolumeConfig.for_phantoms(size=16)
+    model = build_model("c3d", preset="tiny", in_channels=vcfg.channels, grid_size=16)
+    with torch.no_grad():                       # a positive output everywhere, so the dose is not all clipped
+        model.head_b.bias.fill_(0.5)
+    path = tmp_path_factory.mktemp("ckpt3d") / "ckpt"
+    conf = checkpoint_config(model, kind="regression", data_config={"volume_config": vcfg.to_dict()},
+                             train_config={}, diffusion=None, step=0, epoch=0)
+    save_checkpoint(path, model=model, ema=model, config=conf)
+    return path
+
+
+def test_predict_3d_whole_volume_with_and_without_tta(checkpoint_3d):
+    bundle = load_checkpoint(checkpoint_3d)
+    assert bundle.kind == "regression" and bundle.volume_config.size == 16
+    patient = make_phantom(7, 32)
+    with_tta = predict_patient(bundle, patient)
+    without = predict_patient(bundle, patient, tta=False)
+    for pred in (with_tta, without):
+        assert pred.dose.shape == patient.shape and pred.std is None
+        assert np.isfinite(pred.dose).all() and (pred.dose >= 0).all() and pred.dose.any()
+        assert not pred.dose[~patient.dose_mask()].any()
+    assert not np.array_equal(with_tta.dose, without.dose)      # TTA really averages other passes
+
+
+@pytest.mark.parametrize("option", [{"sampler": "ddpm"}, {"steps": 5}, {"samples": 2}, {"eta": 0.5}])
+def test_diffusion_options_refused_for_3d_models(checkpoint_3d, option):
+    with pytest.raises(MddoseError, match=f"--{next(iter(option))}: only for 2D diffusion models"):
+        predict_patient(load_checkpoint(checkpoint_3d), make_phantom(7, 32), **option)
+
+
+def test_tta_option_refused_for_diffusion_models(checkpoint):
+    with pytest.raises(MddoseError, match="--no-tta: only for 3D regression models"):
+        predict_patient(load_checkpoint(checkpoint), make_phantom(7, 32), tta=False)
+
+
+@pytest.mark.parametrize("args", [["--steps", "5"], ["--samples", "2"], ["--sampler", "ddim"]])
+def test_cli_predict_3d_bad_options_exit_2(checkpoint_3d, patients_dir, tmp_path, capsys, args):
+    rc = main(["predict", "--checkpoint", str(checkpoint_3d), "--input", str(patients_dir), "--out",
+               str(tmp_path / "o"), *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "only for 2D diffusion models" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_predict_3d_writes_and_records_kind(checkpoint_3d, patients_dir, tmp_path):
+    out = tmp_path / "o"
+    assert main(["predict", "--checkpoint", str(checkpoint_3d), "--input", str(patients_dir), "--out", str(out),
+                 "--no-tta"]) == 0
+    info = json.loads((out / "predict.json").read_text())
+    assert info["kind"] == "regression" and info["tta"] is False and "sampler" not in info
+    assert sorted(info["patients"]) == ["pt_1", "pt_2"]

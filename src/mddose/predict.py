@@ -1,10 +1,18 @@
-"""Whole-patient prediction: slices → diffusion sampler → 3D dose (and uncertainty) → files.
+"""Whole-patient prediction with any trained checkpoint → 3D dose (and uncertainty) → files.
 
-The trained denoiser works on 2D axial slices; :func:`predict_patient` cuts a patient into the
-slices its checkpoint was trained on (inside the possible-dose mask or body), samples them in
-batches with any sampler of :mod:`mddose.diffusion`, and reassembles the 3D dose in Gy on the
-patient's own grid (zero outside the possible-dose mask). With ``samples=K > 1`` it also returns
-the voxel-wise standard deviation over the K samples — an uncertainty map.
+How a patient is predicted depends on the model's kind (:data:`PREDICTORS`), never on its name:
+
+* ``"diffusion"`` (2D denoisers: md-dose, diffdp, sp-diffdose): :func:`predict_patient` cuts the
+  patient into the slices its checkpoint was trained on (inside the possible-dose mask or body),
+  samples them in batches with any sampler of :mod:`mddose.diffusion`, and reassembles the 3D dose.
+  With ``samples=K > 1`` it also returns the voxel-wise standard deviation over the K samples — an
+  uncertainty map. Options: ``sampler``, ``steps``, ``eta``, ``samples``.
+* ``"regression"`` (3D models: c3d, hd-unet): the whole volume, resampled to the model's grid, in one
+  forward pass — by default the mean of four flips (test-time augmentation, as C3D) — and resampled
+  back. Option: ``tta``.
+
+Either way the dose is in Gy on the patient's own grid, zero outside the possible-dose mask.
+An option of the other kind is refused with a one-line error.
 """
 
 from __future__ import annotations
@@ -54,28 +62,54 @@ def missing_rois(patient: Patient, slice_cfg) -> list[str]:
     return missing
 
 
-def predict_patient(bundle, patient: Patient, *, sampler: str = "ddim", steps: int = 10, eta: float = 0.0,
-                    samples: int = 1, batch: int = 8, allow_missing_rois: bool = False, seed: int = 0,
-                    progress: bool = False) -> Prediction:
-    """Predict the 3D dose of one patient with a loaded checkpoint ``bundle``.
+#: model kind → the prediction options it takes and their defaults
+OPTION_DEFAULTS: dict[str, dict] = {
+    "diffusion": {"sampler": "ddim", "steps": 10, "eta": 0.0, "samples": 1},
+    "regression": {"tta": True},
+}
+_KIND_WORDS = {"diffusion": "2D diffusion models", "regression": "3D regression models"}
 
-    Args:
-        bundle: a :class:`mddose.train.checkpoint.CheckpointBundle` (model in eval mode, configs).
-        patient: the patient (dose, if any, is ignored).
-        sampler, steps, eta: see :func:`mddose.diffusion.sample`.
-        samples: K samples per slice; K > 1 also gives the std map.
-        batch: slices per sampler call (each call runs ``batch * samples`` images).
-        allow_missing_rois: fill channels of ROIs the patient lacks with zeros instead of failing.
-        seed: seed of the sampler's noise (predictions are reproducible).
+
+def resolve_options(kind: str, model_name: str = "this model", **given) -> dict:
+    """The prediction options of a ``kind`` of model: ``given`` (None = not given) over the defaults.
+
+    An option that only another kind of model takes → one-line :class:`MddoseError` naming it.
     """
+    given = {k: v for k, v in given.items() if v is not None}
+    own = OPTION_DEFAULTS[kind]
+    for name in given:
+        if name not in own:
+            other = next(k for k, d in OPTION_DEFAULTS.items() if name in d)
+            flag = "--no-tta" if name == "tta" else f"--{name}"
+            raise MddoseError(f"{flag}: only for {_KIND_WORDS[other]}; {model_name} is a "
+                              f"{_KIND_WORDS[kind][:-1]}")
+    opts = {**own, **given}
+    if "samples" in opts and opts["samples"] < 1:
+        raise MddoseError(f"--samples: must be ≥ 1, got {opts['samples']}")
+    if "steps" in opts and opts["steps"] < 1:
+        raise MddoseError(f"--steps: must be ≥ 1, got {opts['steps']}")
+    return opts
+
+
+def _model_name(bundle) -> str:
+    cfg = bundle.meta.get("model") if isinstance(bundle.meta, dict) else None
+    return (cfg or {}).get("model", "this model")
+
+
+def _check_rois(patient: Patient, data_cfg, allow_missing_rois: bool) -> None:
+    missing = missing_rois(patient, data_cfg)
+    if missing and not allow_missing_rois:
+        raise MddoseError(f"patient {patient.id}: lacks ROI(s) the model was trained with: {', '.join(missing)} "
+                          "(use --allow-missing-rois to fill empty channels)")
+
+
+def _predict_slices(bundle, patient: Patient, opts: dict, *, batch: int, seed: int, progress: bool) -> Prediction:
+    """2D diffusion model: slices → sampler → volume (see the module docstring)."""
     from mddose.data.slices import patient_to_slices, slices_to_volume
     from mddose.diffusion import sample
 
     slice_cfg = _slice_config(bundle)
-    missing = missing_rois(patient, slice_cfg)
-    if missing and not allow_missing_rois:
-        raise MddoseError(f"patient {patient.id}: lacks ROI(s) the model was trained with: {', '.join(missing)} "
-                          "(use --allow-missing-rois to fill empty channels)")
+    samples = opts["samples"]
     arrays = patient_to_slices(patient, slice_cfg, for_prediction=True)
     cond = torch.from_numpy(np.ascontiguousarray(arrays.cond, dtype=np.float32))
     model = bundle.model
@@ -90,8 +124,8 @@ def predict_patient(bundle, patient: Patient, *, sampler: str = "ddim", steps: i
     with torch.inference_mode():
         for i in steps_iter:
             c = cond[i:i + batch].to(device)
-            mean, std = sample(model, bundle.diffusion, c, sampler=sampler, steps=steps, eta=eta,
-                               samples=samples, generator=gen)
+            mean, std = sample(model, bundle.diffusion, c, sampler=opts["sampler"], steps=opts["steps"],
+                               eta=opts["eta"], samples=samples, generator=gen)
             means.append(mean.float().cpu().numpy())
             stds.append(std.float().cpu().numpy())
     mean = np.concatenate(means) if means else np.zeros((0, 1, slice_cfg.size, slice_cfg.size), np.float32)
@@ -101,6 +135,45 @@ def predict_patient(bundle, patient: Patient, *, sampler: str = "ddim", steps: i
         std = np.concatenate(stds) if stds else np.zeros_like(mean)
         std_vol = slices_to_volume(std, arrays.z, patient, slice_cfg)
     return Prediction(patient.id, dose.astype(np.float32), None if std_vol is None else std_vol.astype(np.float32))
+
+
+def _predict_volume(bundle, patient: Patient, opts: dict, *, batch: int, seed: int, progress: bool) -> Prediction:
+    """3D regression model: the whole volume in one pass (TTA: mean of four flips), back to the patient's grid."""
+    from mddose.data.volume import patient_to_volume, volume_to_patient
+    from mddose.train.validate import predict_volume
+
+    vol_cfg = bundle.volume_config
+    model = bundle.model
+    device = next(model.parameters()).device
+    arrays = patient_to_volume(patient, vol_cfg)
+    with torch.inference_mode():
+        pred = predict_volume(model, arrays.cond, tta=opts["tta"], vol_cfg=vol_cfg, device=device)
+    return Prediction(patient.id, volume_to_patient(pred, patient, vol_cfg).astype(np.float32), None)
+
+
+#: model kind → how one patient is predicted
+PREDICTORS = {"diffusion": _predict_slices, "regression": _predict_volume}
+
+
+def predict_patient(bundle, patient: Patient, *, sampler: str | None = None, steps: int | None = None,
+                    eta: float | None = None, samples: int | None = None, tta: bool | None = None, batch: int = 8,
+                    allow_missing_rois: bool = False, seed: int = 0, progress: bool = False) -> Prediction:
+    """Predict the 3D dose of one patient with a loaded checkpoint ``bundle`` (any kind of model).
+
+    Args:
+        bundle: a :class:`mddose.train.checkpoint.CheckpointBundle` (model in eval mode, configs).
+        patient: the patient (dose, if any, is ignored).
+        sampler, steps, eta: diffusion models only, see :func:`mddose.diffusion.sample` (default DDIM, 10, 0).
+        samples: diffusion models only: K samples per slice; K > 1 also gives the std map (default 1).
+        tta: 3D regression models only: mean of four flips (default True).
+        batch: slices per sampler call (each call runs ``batch * samples`` images).
+        allow_missing_rois: fill channels of ROIs the patient lacks with zeros instead of failing.
+        seed: seed of the sampler's noise (predictions are reproducible).
+    """
+    opts = resolve_options(bundle.kind, _model_name(bundle), sampler=sampler, steps=steps, eta=eta,
+                           samples=samples, tta=tta)
+    _check_rois(patient, bundle.data_config, allow_missing_rois)
+    return PREDICTORS[bundle.kind](bundle, patient, opts, batch=batch, seed=seed, progress=progress)
 
 
 def write_prediction(pred: Prediction, patient: Patient, out: Path, fmt: str) -> list[Path]:
@@ -141,25 +214,28 @@ def write_prediction(pred: Prediction, patient: Patient, out: Path, fmt: str) ->
 
 
 def predict_to_dir(checkpoint: str | Path, input_path: str | Path, out: str | Path, *, fmt: str = "openkbp",
-                   sampler: str = "ddim", steps: int = 10, eta: float = 0.0, samples: int = 1, batch: int = 8,
+                   sampler: str | None = None, steps: int | None = None, eta: float | None = None,
+                   samples: int | None = None, tta: bool | None = None, batch: int = 8,
                    allow_missing_rois: bool = False, force: bool = False, seed: int = 0,
                    device: str = "auto", progress: bool = True) -> tuple[list[str], list[tuple[str, str]]]:
     """Predict every patient under ``input_path`` and write them into ``out``.
 
-    Returns ``(ids written, [(patient or path, error), ...])``; bad patients are reported and skipped.
-    Raises :class:`MddoseError` when nothing could be predicted.
+    Options left at None take the defaults of the checkpoint's kind of model (:data:`OPTION_DEFAULTS`);
+    an option of the other kind is refused before any work. Returns ``(ids written, [(patient or path,
+    error), ...])``; bad patients are reported and skipped. Raises :class:`MddoseError` when nothing
+    could be predicted.
     """
     from mddose.data.io import load_patients
     from mddose.train.checkpoint import load_checkpoint
 
     if fmt not in OUTPUT_FORMATS:
         raise MddoseError(f"--format: unknown output format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
-    if samples < 1:
-        raise MddoseError(f"--samples: must be ≥ 1, got {samples}")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise MddoseError("output directory exists and is not empty (use --force to add to / overwrite it)", out)
     bundle = load_checkpoint(checkpoint)
+    opts = resolve_options(bundle.kind, _model_name(bundle), sampler=sampler, steps=steps, eta=eta,
+                           samples=samples, tta=tta)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     bundle.model.to(dev)
@@ -173,17 +249,16 @@ def predict_to_dir(checkpoint: str | Path, input_path: str | Path, out: str | Pa
         it = tqdm(patients, desc="patients", unit="patient")
     for patient in it:
         try:
-            pred = predict_patient(bundle, patient, sampler=sampler, steps=steps, eta=eta, samples=samples,
-                                   batch=batch, allow_missing_rois=allow_missing_rois, seed=seed,
-                                   progress=progress)
+            pred = predict_patient(bundle, patient, **opts, batch=batch, allow_missing_rois=allow_missing_rois,
+                                   seed=seed, progress=progress)
             write_prediction(pred, patient, out, fmt)
             done.append(patient.id)
         except MddoseError as exc:
             log.warning("%s", exc)
             errors.append((patient.id, str(exc)))
     if done:
-        _write_run_info(out, checkpoint=checkpoint, input_path=input_path, fmt=fmt, sampler=sampler, steps=steps,
-                        eta=eta, samples=samples, seed=seed, patients=done, errors=errors)
+        _write_run_info(out, checkpoint=checkpoint, input_path=input_path, fmt=fmt, kind=bundle.kind,
+                        model=_model_name(bundle), **opts, seed=seed, patients=done, errors=errors)
     if not done:
         detail = "; ".join(f"{p}: {e}" for p, e in errors[:3]) or "no patients found"
         raise MddoseError(f"nothing was predicted ({detail})", input_path)

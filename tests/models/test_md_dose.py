@@ -51,12 +51,6 @@ def test_no_structure_encoder_is_smaller_and_uses_cond():
     assert not torch.allclose(out, out2)
 
 
-@pytest.mark.parametrize("kind", ["conv", "transformer"])
-def test_unimplemented_structure_encoders(kind):
-    with pytest.raises(MddoseError, match="not implemented yet"):
-        build_model("md-dose", preset="tiny", structure_encoder=kind)
-
-
 @pytest.mark.parametrize("bad", [{"structure_encoder": "cnn"}, {"scan": "zigzag"}, {"dims": (8, 16)},
                                  {"dims": (8, 15, 24, 32)}, {"enc_depths": (1, 1, -1, 1)},
                                  {"dims": ("8", 16, 24, 32)}, {"in_channels": 9.5}, {"d_state": 0}])

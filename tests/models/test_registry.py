@@ -1,4 +1,5 @@
-"""Every registered (model, preset): runs, is differentiable everywhere, and its config round-trips."""
+"""Every registered (model, preset, choice of structure encoder): runs, is differentiable everywhere, and its
+config round-trips — the one test that loops over the whole registry."""
 
 from __future__ import annotations
 
@@ -8,15 +9,27 @@ import pytest
 import torch
 
 from mddose.errors import MddoseError
-from mddose.models import available_models, build_model, build_model_from_dict, make_config
+from mddose.models import available_models, build_model, build_model_from_dict, make_config, model_info
 
 #: Presets above this many parameters are only run when a fast scan backend is in use (with the
 #: reference scan the paper preset takes about a minute on a busy 2-core machine); otherwise counted only.
 HEAVY_PARAMETERS = 5_000_000
 IN_CHANNELS = 9
-SIZE = 32
+SIZE = {2: 32, 3: 32}     # 2D slices 32², 3D volumes 32³ (every preset's minimum is ≤ these)
 
-CASES = [(name, preset) for name, presets in available_models().items() for preset in presets]
+
+def _cases() -> list[tuple[str, str, dict]]:
+    """(model, preset, overrides): every preset, and for fields with listed choices every value."""
+    out = []
+    for name, presets in available_models().items():
+        choices = model_info(name).choices
+        variants = [{}] if not choices else [{k: v} for k, values in choices for v in values]
+        out += [(name, preset, over) for preset in presets for over in variants]
+    return out
+
+
+CASES = _cases()
+IDS = ["-".join([n, p, *map(str, o.values())]) for n, p, o in CASES]
 
 
 def _fast_scan() -> bool:
@@ -32,9 +45,9 @@ def _count(cfg) -> int:
         return sum(p.numel() for p in build_model(cfg).parameters())
 
 
-@pytest.mark.parametrize("name,preset", CASES, ids=[f"{n}-{p}" for n, p in CASES])
-def test_registered_model(name, preset):
-    cfg = make_config(name, preset, in_channels=IN_CHANNELS)
+@pytest.mark.parametrize("name,preset,overrides", CASES, ids=IDS)
+def test_registered_model(name, preset, overrides):
+    cfg = make_config(name, preset, in_channels=IN_CHANNELS, **overrides)
     # config round trip through JSON, and unknown keys rejected
     d = json.loads(json.dumps(cfg.to_dict()))
     assert d["model"] == name
@@ -56,13 +69,20 @@ def test_registered_model(name, preset):
     rebuilt = build_model_from_dict(d)
     assert rebuilt.config == cfg
 
-    x_t = torch.randn(1, 1, SIZE, SIZE)  # batch 1: the paper preset is run too (slow with the reference scan)
-    t = torch.tensor([999])
-    cond = torch.randn(1, IN_CHANNELS, SIZE, SIZE)
-    out = model(x_t, t, cond)
-    assert out.shape == (1, 1, SIZE, SIZE)
+    info = model_info(name)
+    shape = (SIZE[info.dims],) * info.dims
+    cond = torch.randn(1, IN_CHANNELS, *shape)  # batch 1: the paper preset is run too
+    if info.kind == "diffusion":
+        out = model(torch.randn(1, 1, *shape), torch.tensor([999]), cond)
+        loss = out.sum()
+    else:
+        out = model(cond)
+        outputs = model.training_outputs(cond)
+        assert all(p.shape == out.shape for _, p in outputs)
+        loss = sum(w * p.sum() for w, p in outputs)
+    assert out.shape == (1, 1, *shape)
     assert torch.isfinite(out).all()
-    out.sum().backward()
+    loss.backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None, f"{pname} received no gradient"
         assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"
@@ -73,8 +93,12 @@ def test_models_cli_lists_every_preset(capsys):
 
     assert main(["models", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert sorted((r["name"], r["preset"]) for r in rows) == sorted(CASES)
+    assert sorted((r["name"], r["preset"]) for r in rows) == sorted({(n, p) for n, p, _ in CASES})
     for r in rows:
+        info = model_info(r["name"])
+        assert (r["kind"], r["dims"], r["fidelity"], r["source"]) == (info.kind, info.dims, info.fidelity, info.source)
+        assert r["kind"] in ("diffusion", "regression") and r["dims"] in (2, 3) and r["source"]
+        assert r["fidelity"] in ("official-code", "paper", "reconstruction")
         cfg = make_config(r["name"], r["preset"], in_channels=IN_CHANNELS)
         assert r["parameters"] == _count(cfg)
         assert r["config"] == json.loads(json.dumps(cfg.to_dict()))
@@ -82,3 +106,18 @@ def test_models_cli_lists_every_preset(capsys):
     table = capsys.readouterr().out
     assert all(f"{r['parameters']:,}" in table for r in rows)
     assert main(["models", "--in-channels", "0"]) == 2
+
+
+def test_models_json_fields_of_the_compared_methods(capsys):
+    from mddose.cli.main import main
+
+    assert main(["models", "--json"]) == 0
+    rows = {(r["name"], r["preset"]): r for r in json.loads(capsys.readouterr().out)}
+    expect = {"c3d": ("regression", 3, "official-code"), "hd-unet": ("regression", 3, "official-code"),
+              "diffdp": ("diffusion", 2, "reconstruction"), "sp-diffdose": ("diffusion", 2, "reconstruction"),
+              "md-dose": ("diffusion", 2, "paper")}
+    for name, (kind, dims, fidelity) in expect.items():
+        r = rows[(name, "paper")]
+        assert (r["kind"], r["dims"], r["fidelity"]) == (kind, dims, fidelity)
+    assert rows[("md-dose", "paper")]["structure_encoders"] == ["mamba", "none", "conv", "transformer"]
+    assert "structure_encoders" not in rows[("c3d", "paper")]

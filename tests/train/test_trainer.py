@@ -208,10 +208,39 @@ def test_recipes_fill_unset_fields(recipe):
 
 def test_paper_lr_schedule():
     cfg = tiny_config(recipe="paper", lr=None, epochs=10).resolved()
-    lrs = [cfg.lr_at(e) for e in range(10)]
-    assert lrs[:5] == [1e-2] * 5 and math.isclose(lrs[9], 1e-4)
-    assert all(a > b for a, b in zip(lrs[4:], lrs[5:]))
-    assert tiny_config(recipe="public", lr=None).resolved().lr_at(2) == 1e-4
+    lrs = [cfg.lr_at(s, 101) for s in range(101)]
+    assert lrs[:51] == [1e-2] * 51 and math.isclose(lrs[100], 1e-4)
+    assert all(a > b for a, b in zip(lrs[50:], lrs[51:]))
+    assert tiny_config(recipe="public", lr=None).resolved().lr_at(2, 10) == 1e-4
+
+
+def test_cosine_lr_schedule():
+    cfg = tiny_config(recipe="c3d", lr=None).resolved()
+    assert cfg.lr_at(0, 11) == 3e-4 and math.isclose(cfg.lr_at(10, 11), 1e-7)
+    assert math.isclose(cfg.lr_at(5, 11), (3e-4 + 1e-7) / 2)
+    lrs = [cfg.lr_at(s, 11) for s in range(11)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert cfg.amsgrad is True and cfg.weight_decay == 3e-5
+
+
+@pytest.mark.parametrize("limit", ["max_steps", "epochs", "time"])
+def test_schedule_follows_the_runs_real_length(tmp_path, limit):
+    """Whatever ends the run, the learning rate reaches lr_min at its last step (paper recipe)."""
+    ds = DictDataset(n=8)
+    over = {"max_steps": {"epochs": 100, "max_steps": 12}, "epochs": {"epochs": 3},
+            "time": {"epochs": 10_000, "time_budget_s": 1.5}}[limit]
+    cfg = tiny_config(recipe="paper", lr=1e-3, lr_min=1e-5, batch_size=2, **over)
+    tr = Trainer(cfg, tiny_model(), ds, tmp_path, progress=False)
+    tr.fit()
+    rows = (tmp_path / "logs" / "train.csv").read_text().splitlines()[1:]
+    lrs = [float(r.split(",")[3]) for r in rows]
+    assert lrs[0] == 1e-3
+    if limit == "time":   # the total is estimated from the measured rate: the last lr is close to lr_min
+        assert tr.schedule_steps is not None and lrs[-1] < 0.2 * 1e-3
+        assert json.loads((tmp_path / "last" / "train_state.json").read_text())["state"]["schedule_steps"] \
+            == tr.schedule_steps
+    else:
+        assert math.isclose(lrs[-1], 1e-5)
 
 
 @pytest.mark.parametrize("bad", [{"recipe": "fast"}, {"epochs": 0}, {"ema_decay": 1.0}, {"lr_schedule": "cos"}])

@@ -9,6 +9,10 @@ Sections (``--sections``, default all that can run):
 * ``patient``: whole-patient prediction of one real OpenKBP patient (128³) with the default CPU
   model, sampler and batch (``small``, DDIM 10 steps, batch 8; untrained weights: speed does not
   depend on them), and with DPM-Solver++ 10 steps. Target ≤ 60 s.
+* ``table2``: the paper's Table 2 for every registered model (``paper`` and ``small`` presets): parameters
+  and seconds per iteration (2D diffusion: one denoiser call at 256², batch 1; 3D: one forward of a
+  128³ volume), all in one run, with the ratios MD-Dose / SP-DiffDose and MD-Dose / DiffDP beside the
+  paper's 0.60 and 0.72 (see :mod:`mddose.bench.table2`).
 * ``steps``: dose score (MAE in Gy inside the possible-dose mask) against the number of sampler steps
   (DDPM 1000, DDIM 100 / 50 / 20 / 10, DPM-Solver++ 20 / 10) on held-out phantoms, with a trained
   checkpoint given by ``--checkpoint`` (e.g. the demo's ``mddose-demo/checkpoint``).
@@ -21,7 +25,7 @@ import os
 import time
 from pathlib import Path
 
-SECTIONS = ("iter", "train", "patient", "steps")
+SECTIONS = ("iter", "train", "patient", "table2", "steps")
 
 
 def add_arguments(parser) -> None:
@@ -165,6 +169,9 @@ def run(args) -> int:
             res["patient"] = [bench_patient(path, "ddim", 10), bench_patient(path, "dpmpp2m", 10)]
         else:
             res["patient"] = f"skipped: {path} not found (give --data)"
+    if "table2" in args.sections:
+        from mddose.bench.table2 import bench_table2
+        res["table2"] = bench_table2(args.repeats, progress=not args.json)
     if "steps" in args.sections:
         if args.checkpoint:
             if not Path(args.checkpoint).is_dir():
@@ -180,6 +187,10 @@ def run(args) -> int:
         if key not in res:
             continue
         print(f"\n[{key}]")
+        if key == "table2":
+            from mddose.bench.table2 import format_table2
+            print(format_table2(res[key]))
+            continue
         rows = res[key] if isinstance(res[key], list) else [res[key]]
         for row in rows:
             print("  " + (row if isinstance(row, str) else ", ".join(f"{k}={v}" for k, v in row.items())))

@@ -19,19 +19,28 @@ def register(sub) -> None:
 
 
 def list_models(in_channels: int = 9) -> list[dict]:
-    """One dict per (model, preset): name, preset, parameters, config (the preset's full config dict)."""
+    """One dict per (model, preset): name, preset, parameters, config (the preset's full config dict), and
+    the registry's kind ("diffusion" | "regression"), dims (2 | 3), fidelity ("official-code" | "paper" |
+    "reconstruction"), source, notes; a field with a closed set of values adds a list named after it
+    (md-dose: ``structure_encoders``)."""
     import torch
 
-    from mddose.models import available_models, build_model, make_config
+    from mddose.models import available_models, build_model, make_config, model_info
 
     rows = []
     for name, presets in available_models().items():
+        info = model_info(name).to_dict()
+        choices = info.pop("choices")
         for preset in presets:
             cfg = make_config(name, preset, in_channels=in_channels)
             with torch.device("meta"):
                 model = build_model(cfg)
             n = sum(p.numel() for p in model.parameters())
-            rows.append({"name": name, "preset": preset, "parameters": int(n), "config": cfg.to_dict()})
+            row = {"name": name, "preset": preset, "parameters": int(n), "kind": info["kind"], "dims": info["dims"],
+                   "fidelity": info["fidelity"], "source": info["source"], "notes": info["notes"],
+                   "config": cfg.to_dict()}
+            row.update({f"{field}s": values for field, values in choices.items()})
+            rows.append(row)
     return rows
 
 
@@ -44,10 +53,9 @@ def _handler(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'model':<16} {'preset':<10} {'parameters':>14}  key settings")
+    print(f"{'model':<13} {'preset':<7} {'parameters':>12}  {'kind':<10} {'dims':<4} {'fidelity':<14} source")
     for r in rows:
-        c = r["config"]
-        keys = ", ".join(f"{k}={c[k]}" for k in ("dims", "enc_depths", "dec_depths") if k in c)
-        print(f"{r['name']:<16} {r['preset']:<10} {r['parameters']:>14,}  {keys}")
+        print(f"{r['name']:<13} {r['preset']:<7} {r['parameters']:>12,}  {r['kind']:<10} {r['dims']}D   "
+              f"{r['fidelity']:<14} {r['source']}")
     print(f"(parameters counted with in_channels={args.in_channels})")
     return 0

@@ -9,10 +9,15 @@ def register(sub) -> None:
     p.add_argument("--input", required=True, help="a patient directory or a directory of patients (any format)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--format", default="openkbp", choices=["openkbp", "nifti", "dicom"], help="output format")
-    p.add_argument("--sampler", default="ddim", help="ddpm | ddim | dpmpp2m (default ddim; see BENCHMARKS.md)")
-    p.add_argument("--steps", type=int, default=10, help="sampler steps (default 10; 1000 = the paper's DDPM)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
-    p.add_argument("--samples", type=int, default=1, help="samples per slice; >1 also writes an uncertainty map")
+    d = p.add_argument_group("2D diffusion models only (md-dose, diffdp, sp-diffdose)")
+    d.add_argument("--sampler", default=None, help="ddpm | ddim | dpmpp2m (default ddim; see BENCHMARKS.md)")
+    d.add_argument("--steps", type=int, default=None, help="sampler steps (default 10; 1000 = the paper's DDPM)")
+    d.add_argument("--eta", type=float, default=None, help="DDIM eta (default 0)")
+    d.add_argument("--samples", type=int, default=None,
+                   help="samples per slice (default 1); >1 also writes an uncertainty map")
+    r = p.add_argument_group("3D regression models only (c3d, hd-unet)")
+    r.add_argument("--no-tta", dest="tta", action="store_const", const=False, default=None,
+                   help="one forward pass instead of the mean over four flips (test-time augmentation)")
     p.add_argument("--batch", type=int, default=8, help="slices per sampler call (default 8: fastest per slice on CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -26,7 +31,7 @@ def _run(args) -> int:
 
     done, errors = predict_to_dir(
         args.checkpoint, args.input, args.out, fmt=args.format, sampler=args.sampler, steps=args.steps,
-        eta=args.eta, samples=args.samples, batch=args.batch, allow_missing_rois=args.allow_missing_rois,
+        eta=args.eta, samples=args.samples, tta=args.tta, batch=args.batch, allow_missing_rois=args.allow_missing_rois,
         force=args.force, seed=args.seed, device=args.device)
     print(f"predicted {len(done)} patient(s) into {args.out}")
     for item, msg in errors:

@@ -7,9 +7,10 @@ import argparse
 
 def register(sub) -> None:
     """Add ``mddose train`` to the sub-parsers."""
-    p = sub.add_parser("train", help="train a dose-prediction diffusion model from a JSON config",
-                       description="Train a model. Configs are JSON files (see mddose/configs/demo.json); "
-                                   "a built-in config can be named: --config demo | openkbp. "
+    p = sub.add_parser("train", help="train any registered dose-prediction model from a JSON config",
+                       description="Train a model. Configs are JSON files (see mddose/configs/demo.json); a "
+                                   "built-in config can be named: --config demo | openkbp | openkbp-c3d | "
+                                   "openkbp-hd-unet | openkbp-diffdp | openkbp-sp-diffdose. "
                                    "For several GPUs run it under torchrun.")
     p.add_argument("--config", required=True, help="JSON config file, or the name of a built-in config")
     p.add_argument("--out", default=None, help="output directory (default: runs/<config name>)")

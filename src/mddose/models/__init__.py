@@ -1,10 +1,11 @@
-"""Denoisers and other dose-prediction networks, one file per architecture, registered by name."""
+"""Dose-prediction networks, one file per architecture, registered by name (see :mod:`mddose.models.registry`)."""
 
 from mddose.models.registry import (
     ModelConfig, ModelInfo, available_models, build_model, build_model_from_dict, info_of, make_config, model_info,
     register_model,
 )
-from mddose.models import md_dose  # noqa: E402,F401  (registers "md-dose")
+# Importing each architecture registers it.
+from mddose.models import c3d, diffdp, hd_unet, md_dose, sp_diffdose  # noqa: E402,F401
 
 __all__ = ["ModelConfig", "ModelInfo", "available_models", "build_model", "build_model_from_dict", "info_of",
            "make_config", "model_info", "register_model"]

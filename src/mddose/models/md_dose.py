@@ -26,6 +26,21 @@ With those back the count would be ~31.95 M (+4.9 %); the paper's 30.47 M lies b
 Other choices: LayerNorm instead of RMSNorm; channel LayerNorm after each patch embedding; timesteps divided
 by ``t_divisor`` (1000) before the Fourier features (the public code feeds raw integer steps, which gives
 unrelated embeddings to neighbouring steps — ``t_divisor=1`` restores that).
+
+Structure-encoder ablation (Table 3). Only the Mamba SE is in the paper and the public code; how Conv-SE and
+Trans-SE were built is not published. Our reading: the same stage layout and injection as the Mamba SE (head
+3x3 conv to dims[0]//2, per level PatchEmbed2d stride 2 then ``enc_depths[i]`` blocks and a channel LayerNorm
+— the counterpart of MambaLayer2d's final norm — each level's output added to the noise encoder's stage
+output), with the Mamba blocks replaced by
+  * ``"conv"`` (Conv-SE): ResBlock2d without time embedding (GroupNorm -> SiLU -> 3x3 conv, twice, identity skip);
+  * ``"transformer"`` (Trans-SE): Swin blocks (SwinLayer2d: window ``se_window`` = 8, shifts 0 / 4 alternating,
+    relative position bias, MLP ratio 4), ``max(1, dims[i] // se_head_dim)`` heads = 3/6/12/24 with the paper
+    dims (Swin-T's head counts, 16 channels per head).
+Parameters with the paper preset (in_channels 9), structure encoder / whole network:
+  mamba 11,030,208 / 28,176,961 · conv 26,803,392 / 43,950,145 · transformer 18,116,472 / 35,263,225 ·
+  none (cond concatenated to x_t) 0 / 17,148,697.
+The conv blocks (two 3x3 convs, 18·C² weights) are heavier than a Mamba block (~6·C²) and a Swin block (~12·C²);
+we kept the depths equal rather than the parameter counts, as the paper's "replace the blocks" suggests.
 """
 
 from __future__ import annotations
@@ -37,7 +52,9 @@ from torch import Tensor, nn
 
 from mddose.errors import MddoseError
 from mddose.models.registry import ModelConfig, register_model
-from mddose.nn.embed import PatchEmbed2d, PixelShuffleUpsample, TimestepEmbedding
+from mddose.nn.embed import LayerNorm2d, PatchEmbed2d, PixelShuffleUpsample, TimestepEmbedding
+from mddose.nn.swin import SwinLayer2d
+from mddose.nn.unet2d import ResBlock2d
 from mddose.nn.vim import MambaLayer2d
 
 STRUCTURE_ENCODERS = ("mamba", "none", "conv", "transformer")
@@ -52,7 +69,10 @@ class MDDoseConfig(ModelConfig):
     dims / enc_depths / dec_depths: channels and Mamba blocks per level (dec_depths deepest first).
     d_state / expand / d_conv: Mamba mixer sizes. fourier_scale: std of the timestep Fourier frequencies.
     t_divisor: timesteps are divided by this before the Fourier features (1.0 = the public code's raw steps).
-    structure_encoder: "mamba" (paper) | "none" (cond concatenated to x_t) | "conv" | "transformer" (not yet).
+    structure_encoder: "mamba" (paper) | "none" (cond concatenated to x_t) | "conv" (Conv-SE) | "transformer"
+        (Trans-SE); see the module docstring.
+    se_window / se_head_dim: Swin window side and channels per attention head of the Trans-SE (heads per level =
+        max(1, dims[i] // se_head_dim); unused by the other structure encoders).
     scan: "bi" (Vim bidirectional, paper) | "cross" (VMamba four-direction SS2D).
     image_size: informational (the training slice size); any H, W divisible by 2^len(dims) works.
     """
@@ -70,6 +90,8 @@ class MDDoseConfig(ModelConfig):
     structure_encoder: str = "mamba"
     scan: str = "bi"
     image_size: int = 128
+    se_window: int = 8
+    se_head_dim: int = 16
 
     def __post_init__(self):
         where = "md-dose config"
@@ -78,7 +100,7 @@ class MDDoseConfig(ModelConfig):
             if not isinstance(v, (tuple, list)) or not all(isinstance(x, int) for x in v):
                 raise MddoseError(f"{where}: {name} must be a list of integers, got {v!r}")
             object.__setattr__(self, name, tuple(v))
-        for name in ("in_channels", "out_channels", "d_state", "expand", "d_conv"):
+        for name in ("in_channels", "out_channels", "d_state", "expand", "d_conv", "se_window", "se_head_dim"):
             if not isinstance(getattr(self, name), int):
                 raise MddoseError(f"{where}: {name} must be an integer, got {getattr(self, name)!r}")
         n = len(self.dims)
@@ -88,7 +110,7 @@ class MDDoseConfig(ModelConfig):
             v = getattr(self, name)
             if len(v) != n or any(d < 0 for d in v):
                 raise MddoseError(f"{where}: {name} must hold {n} non-negative depths (one per level), got {v}")
-        for name in ("in_channels", "out_channels", "d_state", "expand", "d_conv"):
+        for name in ("in_channels", "out_channels", "d_state", "expand", "d_conv", "se_window", "se_head_dim"):
             if getattr(self, name) < 1:
                 raise MddoseError(f"{where}: {name} must be >= 1, got {getattr(self, name)}")
         if self.structure_encoder not in STRUCTURE_ENCODERS:
@@ -98,26 +120,49 @@ class MDDoseConfig(ModelConfig):
             raise MddoseError(f"{where}: scan must be 'bi' or 'cross', got {self.scan!r}")
         if self.t_divisor <= 0 or self.fourier_scale <= 0:
             raise MddoseError(f"{where}: t_divisor and fourier_scale must be > 0")
+        if self.structure_encoder == "transformer" and any(d % h for d, h in zip(self.dims, self.se_heads)):
+            raise MddoseError(f"{where}: Trans-SE heads {self.se_heads} (dims // se_head_dim) must divide dims "
+                              f"{self.dims}; change se_head_dim")
+
+    @property
+    def se_heads(self) -> tuple[int, ...]:
+        """Attention heads per level of the Trans-SE."""
+        return tuple(max(1, d // self.se_head_dim) for d in self.dims)
 
     @property
     def mixer_kwargs(self) -> dict:
         return {"d_state": self.d_state, "expand": self.expand, "d_conv": self.d_conv}
 
 
-class MambaEncoder(nn.Module):
-    """Head conv + ``len(dims)`` down-sampling Mamba stages. Used for x_t and (same form) for the structure.
+def _stage_layer(kind: str, level: int, cfg: MDDoseConfig) -> nn.Module:
+    """The blocks of one encoder level: ``(B, dims[level], h, w) -> (B, dims[level], h, w)``."""
+    dim, depth = cfg.dims[level], cfg.enc_depths[level]
+    if kind == "mamba":
+        return MambaLayer2d(dim, depth, cfg.scan, **cfg.mixer_kwargs)
+    if depth == 0:
+        return nn.Identity()
+    if kind == "conv":
+        blocks = [ResBlock2d(dim, dim) for _ in range(depth)]
+    else:
+        blocks = [SwinLayer2d(dim, depth, cfg.se_heads[level], cfg.se_window)]
+    return nn.Sequential(*blocks, LayerNorm2d(dim))      # final LayerNorm, as MambaLayer2d's norm_f
 
-    ``forward`` is split so the noise encoder can add structure features between stages.
+
+class MambaEncoder(nn.Module):
+    """Head conv + ``len(dims)`` down-sampling stages. Used for x_t and (same form) for the structure.
+
+    ``kind`` chooses the blocks of every stage: "mamba" (MambaLayer2d), "conv" (ResBlock2d x depth + LayerNorm2d)
+    or "transformer" (SwinLayer2d(depth) + LayerNorm2d). ``forward`` is split so the noise encoder can add
+    structure features between stages.
     """
 
-    def __init__(self, in_ch: int, cfg: MDDoseConfig):
+    def __init__(self, in_ch: int, cfg: MDDoseConfig, kind: str = "mamba"):
         super().__init__()
         head_ch = cfg.dims[0] // 2
         self.head = nn.Conv2d(in_ch, head_ch, kernel_size=3, padding=1)
         chans = (head_ch, *cfg.dims)
         self.down = nn.ModuleList([PatchEmbed2d(chans[i], chans[i + 1], 2) for i in range(len(cfg.dims))])
-        self.layers = nn.ModuleList([MambaLayer2d(c, d, cfg.scan, **cfg.mixer_kwargs)
-                                     for c, d in zip(cfg.dims, cfg.enc_depths)])
+        self.layers = nn.ModuleList([_stage_layer(kind, i, cfg) for i in range(len(cfg.dims))])
 
     def stage(self, i: int, x: Tensor) -> Tensor:
         """Level ``i``: (B, C_{i-1}, h, w) → (B, dims[i], h/2, w/2)."""
@@ -131,20 +176,37 @@ class MambaEncoder(nn.Module):
         return feats
 
 
+def check_denoiser_inputs(name: str, x_t: Tensor, t: Tensor, cond: Tensor, in_channels: int, mult: int) -> Tensor:
+    """Validate ``x_t (B,1,H,W)``, ``t (B,) or scalar``, ``cond (B,in_channels,H,W)``, H and W divisible by ``mult``.
+
+    Raises ValueError naming the model and the shapes; returns ``t`` as a ``(B,)`` tensor on x_t's device.
+    """
+    if x_t.dim() != 4 or x_t.shape[1] != 1:
+        raise ValueError(f"{name}: x_t must be (B, 1, H, W), got {tuple(x_t.shape)}")
+    b, _, h, w = x_t.shape
+    if h % mult or w % mult:
+        raise ValueError(f"{name}: H and W must be divisible by {mult}, got {h}x{w}")
+    if cond.shape != (b, in_channels, h, w):
+        raise ValueError(f"{name}: cond must be (B={b}, C={in_channels}, {h}, {w}), got {tuple(cond.shape)}")
+    t = torch.as_tensor(t, device=x_t.device)
+    if t.dim() == 0:
+        t = t.expand(b)
+    if t.shape != (b,):
+        raise ValueError(f"{name}: t must be (B={b},), got {tuple(t.shape)}")
+    return t
+
+
 class MDDose(nn.Module):
     """Noise predictor ``model(x_t (B,1,H,W), t (B,), cond (B,C,H,W)) -> eps (B,1,H,W)``."""
 
     def __init__(self, cfg: MDDoseConfig):
         super().__init__()
-        if cfg.structure_encoder in ("conv", "transformer"):
-            raise MddoseError(f"md-dose: structure_encoder={cfg.structure_encoder!r} is not implemented yet "
-                              "(available: 'mamba', 'none')")
         self.config = cfg
         n, dims = len(cfg.dims), cfg.dims
         self.levels = n
         concat = cfg.structure_encoder == "none"
         self.encoder = MambaEncoder(1 + (cfg.in_channels if concat else 0), cfg)
-        self.structure = MambaEncoder(cfg.in_channels, cfg) if cfg.structure_encoder == "mamba" else None
+        self.structure = None if concat else MambaEncoder(cfg.in_channels, cfg, cfg.structure_encoder)
         # decoder level k: skip = encoder level n-2-k (head for the last), channels as the skip's level
         skip_ch = [dims[n - 2 - k] if k < n - 1 else dims[0] // 2 for k in range(n)]
         out_ch = [dims[n - 2 - k] if k < n - 1 else dims[0] for k in range(n)]
@@ -158,20 +220,7 @@ class MDDose(nn.Module):
         self.output = nn.Conv2d(dims[0], cfg.out_channels, kernel_size=3, padding=1)
 
     def _check(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        cfg, mult = self.config, 2 ** self.levels
-        if x_t.dim() != 4 or x_t.shape[1] != 1:
-            raise ValueError(f"md-dose: x_t must be (B, 1, H, W), got {tuple(x_t.shape)}")
-        b, _, h, w = x_t.shape
-        if h % mult or w % mult:
-            raise ValueError(f"md-dose: H and W must be divisible by {mult}, got {h}x{w}")
-        if cond.shape != (b, cfg.in_channels, h, w):
-            raise ValueError(f"md-dose: cond must be (B={b}, C={cfg.in_channels}, {h}, {w}), got {tuple(cond.shape)}")
-        t = torch.as_tensor(t, device=x_t.device)
-        if t.dim() == 0:
-            t = t.expand(b)
-        if t.shape != (b,):
-            raise ValueError(f"md-dose: t must be (B={b},), got {tuple(t.shape)}")
-        return t
+        return check_denoiser_inputs("md-dose", x_t, t, cond, self.config.in_channels, 2 ** self.levels)
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         """x_t: (B, 1, H, W), t: (B,) timesteps, cond: (B, C, H, W) → predicted noise (B, 1, H, W)."""
@@ -203,12 +252,13 @@ PRESETS = {
     "small": {"dims": (32, 64, 96, 128), "enc_depths": (1, 1, 1, 1), "dec_depths": (1, 1, 1, 0),
               "image_size": 128},
     "tiny": {"dims": (8, 16, 24, 32), "enc_depths": (1, 1, 1, 1), "dec_depths": (1, 1, 1, 1), "d_state": 4,
-             "image_size": 32},
+             "se_window": 4, "image_size": 32},
 }
 
 
 @register_model("md-dose", MDDoseConfig, presets=PRESETS, kind="diffusion", dims=2, fidelity="paper",
-                source="Fu et al. 2024, MD-Dose (paper, Sec. 2) and the authors' code LinjieFu-U/mamba_dose")
+                source="Fu et al. 2024, MD-Dose (paper, Sec. 2) and the authors' code LinjieFu-U/mamba_dose",
+                choices={"structure_encoder": STRUCTURE_ENCODERS})
 def build_md_dose(cfg: MDDoseConfig) -> MDDose:
     """Builder registered as ``"md-dose"``."""
     return MDDose(cfg)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from torch import nn
 
@@ -71,9 +71,12 @@ class ModelInfo:
     fidelity: str
     source: str
     notes: str = ""
+    choices: tuple[tuple[str, tuple[str, ...]], ...] = ()   # (config field, its allowed values), e.g. encoders
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["choices"] = {k: list(v) for k, v in self.choices}
+        return d
 
 
 @dataclass
@@ -90,11 +93,15 @@ _NAME_OF: dict[type, str] = {}
 
 def register_model(name: str, config_cls: type[ModelConfig], presets: dict[str, dict[str, Any]] | None = None, *,
                    kind: str = "diffusion", dims: int = 2, fidelity: str = "paper", source: str = "",
-                   notes: str = ""):
-    """Function decorator registering ``builder(config) -> nn.Module`` under ``name`` (see module docstring)."""
+                   notes: str = "", choices: dict[str, Sequence[str]] | None = None):
+    """Function decorator registering ``builder(config) -> nn.Module`` under ``name`` (see module docstring).
+
+    ``choices``: config fields with a closed set of values worth listing (``mddose models --json`` shows
+    them, e.g. md-dose's ``structure_encoder``)."""
     if kind not in KINDS or dims not in (2, 3) or fidelity not in FIDELITIES:
         raise ValueError(f"register_model({name!r}): bad kind/dims/fidelity {kind!r}/{dims!r}/{fidelity!r}")
-    info = ModelInfo(name, kind, dims, fidelity, source, notes)
+    info = ModelInfo(name, kind, dims, fidelity, source, notes,
+                     tuple((k, tuple(v)) for k, v in (choices or {}).items()))
 
     def deco(builder):
         if name in _REGISTRY:

@@ -4,8 +4,9 @@ A checkpoint directory holds::
 
     model.safetensors        raw model weights (state_dict)
     ema.safetensors          EMA weights (what prediction uses)
-    config.json              format/version, mddose version, model config (model.config.to_dict()),
-                             slice config, train config, diffusion config, step, epoch
+    config.json              format/version, mddose version, model kind and config (model.config.to_dict()),
+                             data config (``slice_config`` of 2D models or ``volume_config`` of 3D ones),
+                             train config, diffusion config (None for regression models), step, epoch
     train_state.safetensors  optimizer tensors, RNG states (torch CPU/CUDA, noise generator)
     train_state.json         optimizer scalars/param groups, GradScaler, EMA counter, NumPy and Python
                              RNG states, step/epoch/position, best score
@@ -133,12 +134,14 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def checkpoint_config(model: nn.Module, *, slice_config: dict, train_config: dict, diffusion: dict,
-                      step: int, epoch: int) -> dict:
+def checkpoint_config(model: nn.Module, *, data_config: dict[str, dict], train_config: dict,
+                      diffusion: dict | None, step: int, epoch: int, kind: str = "diffusion") -> dict:
+    """config.json of a checkpoint. ``data_config``: ``{"slice_config": {...}}`` (2D) or
+    ``{"volume_config": {...}}`` (3D); ``kind``: the model's registry kind."""
     from mddose import __version__
     mcfg = getattr(unwrap(model), "config", None)
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "mddose_version": __version__,
-            "model": mcfg.to_dict() if mcfg is not None else None, "slice_config": slice_config,
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "mddose_version": __version__, "kind": kind,
+            "model": mcfg.to_dict() if mcfg is not None else None, **data_config,
             "train_config": train_config, "diffusion": diffusion, "step": int(step), "epoch": int(epoch)}
 
 
@@ -205,9 +208,10 @@ class CheckpointBundle:
     """What :func:`load_checkpoint` returns.
 
     model: EMA weights, eval mode. raw_state: the raw (non-EMA) state dict if requested.
-    slice_config: a ``SliceConfig`` when mddose.data.slices is importable, else the dict.
-    train_config: a ``TrainConfig`` (or the dict if it no longer parses). diffusion: GaussianDiffusion.
-    meta: the whole config.json.
+    kind: ``"diffusion"`` (2D denoiser on slices) or ``"regression"`` (3D model on volumes).
+    slice_config: the ``SliceConfig`` of a 2D model (else None). volume_config: the ``VolumeConfig`` of a
+    3D model (else None). train_config: a ``TrainConfig`` (or the dict if it no longer parses).
+    diffusion: GaussianDiffusion (None for regression). meta: the whole config.json.
     """
 
     model: nn.Module
@@ -218,6 +222,13 @@ class CheckpointBundle:
     meta: dict
     raw_state: dict[str, torch.Tensor] | None = None
     path: Path | None = field(default=None)
+    kind: str = "diffusion"
+    volume_config: Any = None
+
+    @property
+    def data_config(self):
+        """The SliceConfig or VolumeConfig the model's inputs are built with."""
+        return self.volume_config if self.kind == "regression" else self.slice_config
 
 
 def _slice_config(d: dict | None):
@@ -276,6 +287,17 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         tcfg = TrainConfig.from_dict(cfg.get("train_config") or {})
     except (MddoseError, TypeError):
         tcfg = cfg.get("train_config")
+    kind = cfg.get("kind", "diffusion")
+    if kind == "regression":
+        from mddose.data.volume import VolumeConfig
+        vol = cfg.get("volume_config")
+        if not isinstance(vol, dict):
+            raise MddoseError("checkpoint of a 3D model has no volume_config", path / "config.json")
+        return CheckpointBundle(model=model, model_config=getattr(model, "config", cfg.get("model")),
+                                slice_config=None, train_config=tcfg, diffusion=None, meta=cfg, raw_state=raw_sd,
+                                path=path, kind=kind, volume_config=VolumeConfig.from_dict(vol))
+    if kind != "diffusion":
+        raise MddoseError(f"unknown model kind {kind!r}", path / "config.json")
     diffusion = GaussianDiffusion(**(cfg.get("diffusion") or {}))
     return CheckpointBundle(model=model, model_config=getattr(model, "config", cfg.get("model")),
                             slice_config=_slice_config(cfg.get("slice_config")), train_config=tcfg,

@@ -1,11 +1,19 @@
-"""Training configuration: a frozen, JSON-serialisable :class:`TrainConfig` and two named recipes.
+"""Training configuration: a frozen, JSON-serialisable :class:`TrainConfig` and named recipes.
 
 Recipes (``recipe`` field) fill every field left at ``None``:
 
 * ``"paper"`` — MD-Dose paper, Sec. 2.3: batch 16, Adam, lr 1e-2 constant for the first half of the
-  epochs, then decayed linearly at the start of every epoch down to 1e-4 at the last epoch; the paper
+  run, then decayed linearly down to 1e-4 at its end (the paper decays at the start of every epoch; we
+  decay every step, so that a run ended by ``max_steps`` or a time budget decays too); the paper
   mentions no EMA and no gradient clipping (ema_decay 0 = EMA weights equal the raw weights).
 * ``"public"`` — the authors' public code: batch 26, constant lr 1e-4, EMA 0.9999, grad clipping 1.0.
+* ``"c3d"`` — C3D's published optimiser (Liu et al. 2021, code LSL000UD/RTDosePrediction): batch 2,
+  Adam with AMSGrad, lr 3e-4, weight decay 3e-5 (L2, as their trainer applies it), cosine decay per
+  iteration down to 1e-7; used for C3D and HD-UNet.
+
+Every learning-rate schedule is a function of the step and of the run's total optimizer steps
+(:meth:`TrainConfig.lr_at`); the trainer works the total out from ``epochs``, ``max_steps`` and, for a
+time budget, from the measured step rate (see :mod:`mddose.train.trainer`).
 
 The default is ``"paper"``: on the shared OpenKBP patients (``benchmarks/compare_recipes.sh``: md-dose
 ``small``, 64² slices, 4 epochs each on a 2-core CPU) it reached a validation dose score of 14.1 Gy
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +44,12 @@ RECIPES: dict[str, dict[str, Any]] = {
               "ema_decay": 0.0, "grad_clip": None},
     "public": {"batch_size": 26, "lr": 1e-4, "lr_schedule": "constant", "lr_min": 1e-4,
                "ema_decay": 0.9999, "grad_clip": 1.0},
+    "c3d": {"batch_size": 2, "lr": 3e-4, "lr_schedule": "cosine", "lr_min": 1e-7, "weight_decay": 3e-5,
+            "amsgrad": True, "ema_decay": 0.0, "grad_clip": None},
 }
-LR_SCHEDULES = ("constant", "half-linear")
+#: Fields every recipe may leave out, and their value then.
+RECIPE_DEFAULTS: dict[str, Any] = {"weight_decay": 0.0, "amsgrad": False}
+LR_SCHEDULES = ("constant", "half-linear", "cosine")
 
 
 @dataclass(frozen=True)
@@ -71,15 +84,18 @@ class TrainConfig:
     model: str = "md-dose"
     preset: str | None = "small"
     model_overrides: dict[str, Any] = field(default_factory=dict)
-    slices: dict[str, Any] = field(default_factory=dict)          # SliceConfig fields
+    slices: dict[str, Any] = field(default_factory=dict)          # SliceConfig fields (2D models)
+    volume: dict[str, Any] = field(default_factory=dict)          # VolumeConfig fields (3D models)
     data: DataConfig = field(default_factory=DataConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     recipe: str = "paper"
     epochs: int = 100
     batch_size: int | None = None        # global batch (split across DDP ranks)
     lr: float | None = None
-    lr_schedule: str | None = None       # "constant" | "half-linear" (paper)
+    lr_schedule: str | None = None       # "constant" | "half-linear" (paper) | "cosine" (C3D)
     lr_min: float | None = None
+    weight_decay: float | None = None    # Adam's L2 weight decay
+    amsgrad: bool | None = None
     ema_decay: float | None = None
     ema_warmup: bool = True              # effective decay min(decay, (1+n)/(10+n)) after n updates
     grad_clip: float | None = None       # None: recipe; 0: off
@@ -101,7 +117,8 @@ class TrainConfig:
         """A copy with every ``None`` recipe field filled from :data:`RECIPES`; validates values."""
         if self.recipe not in RECIPES:
             raise MddoseError(f"train config: unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
-        fill = {k: v for k, v in RECIPES[self.recipe].items() if getattr(self, k) is None}
+        recipe = {**RECIPE_DEFAULTS, **RECIPES[self.recipe]}
+        fill = {k: v for k, v in recipe.items() if getattr(self, k) is None}
         cfg = dataclasses.replace(self, **fill)
         cfg._validate()
         return cfg
@@ -116,21 +133,30 @@ class TrainConfig:
                 bad(f"{k} must be a positive integer, got {getattr(self, k)!r}")
         if not (self.lr and self.lr > 0 and self.lr_min and self.lr_min > 0):
             bad(f"lr and lr_min must be positive, got {self.lr}, {self.lr_min}")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            bad(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not isinstance(self.amsgrad, bool):
+            bad(f"amsgrad must be true or false, got {self.amsgrad!r}")
         if not 0 <= self.ema_decay < 1:
             bad(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.amp_dtype not in ("bfloat16", "float16"):
             bad(f"amp_dtype must be bfloat16 or float16, got {self.amp_dtype!r}")
 
-    def lr_at(self, epoch: int) -> float:
-        """Learning rate during (0-based) ``epoch``; ``half-linear``: constant for the first half of the
-        epochs, then linear per epoch from ``lr`` down to ``lr_min`` at the last epoch (paper)."""
-        if self.lr_schedule == "constant":
-            return float(self.lr)
-        half = self.epochs // 2
-        if epoch < half:
-            return float(self.lr)
-        frac = min((epoch - half + 1) / (self.epochs - half), 1.0)
-        return float(self.lr + frac * (self.lr_min - self.lr))
+    def lr_at(self, step: int, total_steps: int) -> float:
+        """Learning rate of the (0-based) optimizer ``step`` of a run of ``total_steps`` steps.
+
+        ``constant``: ``lr``. ``half-linear`` (paper): ``lr`` for the first half of the steps, then linear
+        down to ``lr_min`` at the last step. ``cosine`` (C3D): ``lr_min + (lr - lr_min)·(1 + cos(π·s/(N-1)))/2``.
+        """
+        lr, lo = float(self.lr), float(self.lr_min)
+        if self.lr_schedule == "constant" or total_steps <= 1:
+            return lr
+        frac = min(max(step / (total_steps - 1), 0.0), 1.0)
+        if self.lr_schedule == "cosine":
+            return lo + (lr - lo) * 0.5 * (1.0 + math.cos(math.pi * frac))
+        if frac <= 0.5:
+            return lr
+        return lr + (frac - 0.5) / 0.5 * (lo - lr)
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -149,7 +175,7 @@ class TrainConfig:
                     raise MddoseError(f"{where}: '{key}' must be an object")
                 _check_keys(d[key], sub, where, f"{key}.")
                 d[key] = sub(**d[key])
-        for key in ("model_overrides", "slices"):
+        for key in ("model_overrides", "slices", "volume"):
             if key in d and not isinstance(d[key], dict):
                 raise MddoseError(f"{where}: '{key}' must be an object")
         return cls(**d)

@@ -1,10 +1,11 @@
-"""Training data from a :class:`TrainConfig`: slice datasets of patients or in-memory phantoms."""
+"""Training data from a :class:`TrainConfig`: slice datasets (2D models) or volume datasets (3D models) of
+patients or of in-memory phantoms."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -37,12 +38,13 @@ class AugmentedView(Dataset):
 @dataclass
 class TrainData:
     """train: Dataset of {"cond", "dose", ...}; val_patients: Patients for the validation score;
-    slice_config: the SliceConfig; channels: C."""
+    data_config: the SliceConfig (2D) or VolumeConfig (3D); channels: C; grid: slice size or volume edge."""
 
     train: Dataset
     val_patients: list
-    slice_config: Any
+    data_config: Any
     channels: int
+    grid: int
 
 
 def _list_patients(spec: str) -> list[Path]:
@@ -82,33 +84,66 @@ def _slice_config(cfg: TrainConfig, phantoms: bool):
     return SliceConfig.from_dict(d)
 
 
-def build_data(cfg: TrainConfig, *, progress: bool = False) -> TrainData:
-    """Build the training dataset and load validation patients (phantoms are generated in memory)."""
-    from mddose.data.slices import SliceDataset
-
+def _patients(cfg: TrainConfig):
+    """(training sources, validation patients, phantoms?) of a config: patient paths, or generated phantoms."""
     ph = cfg.data.phantoms
     if cfg.data.train is None and not ph:
         raise MddoseError("train config: data needs 'train' (patients) or 'phantoms'")
-    if cfg.data.train is None and ph:
+    if cfg.data.train is None:
         from mddose.data.phantom import make_phantom
         unknown = sorted(set(ph) - {"n", "seed", "size", "val"})
         if unknown:
             raise MddoseError(f"train config data.phantoms: unknown key(s) {', '.join(unknown)}")
         n, seed, size, nval = int(ph.get("n", 8)), int(ph.get("seed", 0)), int(ph.get("size", 64)), int(ph.get("val", 2))
-        scfg = _slice_config(cfg, phantoms=True)
-        train_p = [make_phantom(seed + i, size) for i in range(n)]
-        val_p: list = [make_phantom(seed + n + j, size) for j in range(nval)]
-        train_src: Sequence = train_p
-    else:
-        scfg = _slice_config(cfg, phantoms=False)
-        train_src = _list_patients(cfg.data.train)
-        val_p = []
-        if cfg.data.val:
-            from mddose.data.io import load_patient
-            val_p = [load_patient(p) for p in _list_patients(cfg.data.val)]
+        return [make_phantom(seed + i, size) for i in range(n)], [make_phantom(seed + n + j, size)
+                                                                 for j in range(nval)], True
+    val_p: list = []
+    if cfg.data.val:
+        from mddose.data.io import load_patient
+        val_p = [load_patient(p) for p in _list_patients(cfg.data.val)]
+    return _list_patients(cfg.data.train), val_p, False
+
+
+def build_slice_data(cfg: TrainConfig, *, progress: bool = False) -> TrainData:
+    """Slices of the training patients (2D models); validation patients loaded whole."""
+    from mddose.data.slices import SliceDataset
+
+    if cfg.volume:
+        raise MddoseError(f"train config: 'volume' is for 3D models; {cfg.model} is a 2D model (use 'slices')")
+    train_src, val_p, phantoms = _patients(cfg)
+    scfg = _slice_config(cfg, phantoms=phantoms)
     base = SliceDataset(train_src, scfg, augment=False, progress=progress)
     if len(base) == 0:
         raise MddoseError(f"no training slices in {cfg.data.train or 'phantoms'}")
     aug = scfg.flip_x or scfg.flip_y or scfg.rot90
     ds = AugmentedView(base, scfg, cfg.seed) if aug else base
-    return TrainData(train=ds, val_patients=val_p, slice_config=scfg, channels=scfg.channels)
+    return TrainData(train=ds, val_patients=val_p, data_config=scfg, channels=scfg.channels, grid=scfg.size)
+
+
+def volume_config_for(cfg: TrainConfig, grid_size: int | None, phantoms: bool):
+    """The :class:`~mddose.data.volume.VolumeConfig` of a run: ``cfg.volume`` over the defaults (OpenKBP's
+    ROIs, or the phantoms'), with ``size`` = the model's ``grid_size`` unless ``cfg.volume`` sets it."""
+    from mddose.data.volume import VolumeConfig
+
+    d = dict(cfg.volume)
+    known = set(VolumeConfig.__dataclass_fields__)
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise MddoseError(f"train config 'volume': unknown key(s) {', '.join(unknown)}")
+    if grid_size and "size" not in d:
+        d["size"] = int(grid_size)
+    return VolumeConfig.for_phantoms(**d) if phantoms else VolumeConfig.from_dict(d)
+
+
+def build_volume_data(cfg: TrainConfig, *, grid_size: int | None = None, progress: bool = False) -> TrainData:
+    """Whole volumes of the training patients (3D models), resampled to the model's grid, augmented as C3D."""
+    from mddose.data.volume import VolumeDataset
+
+    if cfg.slices:
+        raise MddoseError(f"train config: 'slices' is for 2D models; {cfg.model} is a 3D model (use 'volume')")
+    train_src, val_p, phantoms = _patients(cfg)
+    vcfg = volume_config_for(cfg, grid_size, phantoms)
+    ds = VolumeDataset(train_src, vcfg, augment=True, seed=cfg.seed, progress=progress)
+    if len(ds) == 0:
+        raise MddoseError(f"no training volumes in {cfg.data.train or 'phantoms'}")
+    return TrainData(train=ds, val_patients=val_p, data_config=vcfg, channels=vcfg.channels, grid=vcfg.size)

@@ -30,13 +30,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from mddose.diffusion import GaussianDiffusion
 from mddose.errors import MddoseError
 from mddose.train.checkpoint import checkpoint_config, load_train_state, save_checkpoint
 from mddose.train.config import TrainConfig, load_train_config
 from mddose.train.distributed import (DistInfo, EpochBatchSampler, all_reduce_mean, barrier, cleanup_distributed,
                                       init_distributed)
 from mddose.train.ema import EMA
+from mddose.train.objectives import objective_for
 from mddose.train.logs import RunLogger
 from mddose.utils.fs import atomic_dir, atomic_write
 from mddose.utils.log import logger
@@ -72,40 +72,48 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, model: nn.Module, train_ds: Dataset, out_dir: str | Path, *,
-                 validate: Callable[[nn.Module], float] | None = None, slice_config: dict | None = None,
-                 progress: bool = True, dist: DistInfo | None = None):
+                 validate: Callable[[nn.Module], float] | None = None, data_config: dict | None = None,
+                 progress: bool = True, dist: DistInfo | None = None, objective=None):
         from mddose.train.distributed import pick_device
         self.cfg = cfg.resolved()
         self.dist = dist or DistInfo(device=pick_device(self.cfg.device))
         self.device = self.dist.device
         self.out = Path(out_dir)
-        self.validate, self.slice_config, self.progress = validate, slice_config or {}, progress
+        self.validate, self.data_config, self.progress = validate, data_config or {}, progress
         self.train_ds = train_ds
-        self.diffusion = GaussianDiffusion(**dataclasses.asdict(self.cfg.diffusion))
+        self.objective = objective if objective is not None else objective_for(self.cfg, model)
         self.model = model.to(self.device).train()
         self.ema = EMA(self.model, self.cfg.ema_decay, self.cfg.ema_warmup)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
+                                    amsgrad=self.cfg.amsgrad)
         cuda = self.device.type == "cuda"
         self.amp = bool(self.cfg.amp and cuda)
         self.amp_dtype = torch.float16 if self.cfg.amp_dtype == "float16" else torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16) \
             if cuda else None
         self.noise_gen = torch.Generator().manual_seed(self.cfg.seed + 7919)
-        self.net: nn.Module = self.model
+        self.net: nn.Module = self.objective.train_module(self.model)
         if self.dist.world > 1:
             self.net = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if cuda else None)
+                self.net, device_ids=[self.device.index] if cuda else None)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.best_score: float | None = None
         self.best_step: int | None = None
         self.elapsed = 0.0
         self._resumed_step: int | None = None
+        self.schedule_steps: int | None = None   # the run's total steps, once known (see _plan)
+
+    @property
+    def diffusion(self):
+        """The :class:`~mddose.diffusion.GaussianDiffusion` of a diffusion objective (None for regression)."""
+        return getattr(self.objective, "diffusion", None)
 
     # ------------------------------------------------------------------ state
     def _state(self) -> dict:
         return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "best_score": self.best_score, "best_step": self.best_step, "elapsed": self.elapsed,
-                "ema_updates": self.ema.num_updates, "world": self.dist.world}
+                "ema_updates": self.ema.num_updates, "world": self.dist.world,
+                "schedule_steps": self.schedule_steps}
 
     def resume(self, path: str | Path | None = None) -> bool:
         """Load ``out/last`` (or ``path``); returns False if there is nothing to resume."""
@@ -117,6 +125,7 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = int(st["step"]), int(st["epoch"]), int(st["batch_in_epoch"])
         self.best_score, self.best_step = st.get("best_score"), st.get("best_step")
         self.elapsed, self.ema.num_updates = float(st.get("elapsed", 0.0)), int(st.get("ema_updates", self.step))
+        self.schedule_steps = st.get("schedule_steps")
         self._resumed_step = self.step
         if self.dist.is_main:
             logger.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
@@ -126,8 +135,10 @@ class Trainer:
         """Write ``out/<name>`` (rank 0 only)."""
         if not self.dist.is_main:
             return None
-        cfg = checkpoint_config(self.model, slice_config=self.slice_config, train_config=self.cfg.to_dict(),
-                                diffusion=self.diffusion.to_dict(), step=self.step, epoch=self.epoch)
+        cfg = checkpoint_config(self.model, kind=self.objective.kind,
+                                data_config={self.objective.data_key: self.data_config},
+                                train_config=self.cfg.to_dict(), step=self.step, epoch=self.epoch,
+                                **self.objective.checkpoint_meta())
         return save_checkpoint(self.out / name, model=self.model, ema=self.ema.module, config=cfg,
                                optimizer=self.opt, scaler=self.scaler, noise_gen=self.noise_gen, state=self._state())
 
@@ -143,15 +154,8 @@ class Trainer:
 
     def train_step(self, batch: dict, global_batch: int) -> float:
         """One optimizer step on this rank's part of a global batch; returns the global mean loss."""
-        cond = batch["cond"].to(self.device, non_blocking=True).float()
-        x0 = batch["dose"].to(self.device, non_blocking=True).float()
-        b, r = x0.shape[0], self.dist.rank
-        t_all = torch.randint(0, self.diffusion.num_timesteps, (global_batch,), generator=self.noise_gen)
-        noise_all = torch.randn((global_batch, *x0.shape[1:]), generator=self.noise_gen)
-        t = t_all[r * b:(r + 1) * b].to(self.device)
-        noise = noise_all[r * b:(r + 1) * b].to(self.device)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-            loss = self.diffusion.loss(self.net, x0, cond, t=t, noise=noise)
+            loss = self.objective.loss(self.net, batch, self.noise_gen, global_batch, self.dist.rank, self.device)
         value = float(all_reduce_mean(loss.detach().float(), self.dist))
         if not math.isfinite(value):
             raise MddoseError(f"training diverged: loss is {'NaN' if math.isnan(value) else value} "
@@ -199,35 +203,66 @@ class Trainer:
                           pin_memory=self.device.type == "cuda",
                           generator=torch.Generator().manual_seed(self.cfg.seed + self.epoch))
 
+    #: steps timed before a time budget is turned into a step count (the first steps are slower: warm-up)
+    RATE_STEPS = 10
+
+    def _plan(self, bound: int, start_step: int, t0: float, now: float) -> int:
+        """The run's total optimizer steps, which the learning-rate schedule follows.
+
+        ``bound``: the step limit from ``epochs`` and ``max_steps``. Without a time budget it is the total.
+        With one, the total is fixed once, after :attr:`RATE_STEPS` timed steps of this invocation:
+        ``step + remaining budget / measured seconds per step`` (capped by ``bound``), and kept in the
+        checkpoint so that a resumed run follows the same schedule. Until then ``bound`` is used.
+        """
+        if self.schedule_steps is not None:
+            return min(self.schedule_steps, bound)
+        if self.cfg.time_budget_s is None:
+            return bound
+        done = self.step - start_step
+        if done < self.RATE_STEPS and now - t0 < self.cfg.time_budget_s:
+            return bound
+        rate = (now - t0) / max(done, 1)
+        left = max(self.cfg.time_budget_s - (now - t0), 0.0)
+        self.schedule_steps = int(min(bound, self.step + math.floor(left / rate) if rate > 0 else bound))
+        logger.info("time budget: about %d steps in all; the learning-rate schedule follows that", self.schedule_steps)
+        return self.schedule_steps
+
     def fit(self) -> Path:
         """Train until ``epochs`` / ``max_steps`` / ``time_budget_s``; returns ``out/best`` (``out/last``
         without validation). On a non-finite loss raises MddoseError; the last checkpoint stays."""
         cfg = self.cfg
         gb = self._batch_size()
         spe = EpochBatchSampler.steps_per_epoch(len(self.train_ds), gb)
-        total = cfg.epochs * spe if cfg.max_steps is None else min(cfg.epochs * spe, cfg.max_steps)
+        bound = cfg.epochs * spe if cfg.max_steps is None else min(cfg.epochs * spe, cfg.max_steps)
         main = self.dist.is_main
         if main:
             with atomic_write(self.out / "train_config.json", "w") as fh:
                 json.dump(cfg.to_dict(), fh, indent=1)
         log = RunLogger(Path(cfg.log_dir) if cfg.log_dir else self.out / "logs", self._resumed_step, enabled=main)
         from tqdm.auto import tqdm
+        start, start_step = time.monotonic(), self.step
+        total = self._plan(bound, start_step, start, start)
         bar = tqdm(total=total, initial=min(self.step, total), disable=not (self.progress and main),
                    desc="training", unit="step", dynamic_ncols=True)
-        start, last_saved, last_val = time.monotonic(), None, None
+        last_saved, last_val = None, None
         t_prev = start
         try:
             while self.epoch < cfg.epochs and self.step < total:
-                lr = cfg.lr_at(self.epoch)
-                for g in self.opt.param_groups:
-                    g["lr"] = lr
                 stop = False
                 for batch in self._loader(self.batch_in_epoch):
+                    lr = cfg.lr_at(self.step, total)
+                    for g in self.opt.param_groups:
+                        g["lr"] = lr
                     loss = self.train_step(batch, gb)
                     now = time.monotonic()
                     self.elapsed += now - t_prev
                     t_prev = now
                     log.train(self.step, self.epoch, loss, lr, self.elapsed)
+                    new_total = self._plan(bound, start_step, start, now)
+                    if new_total != total:
+                        total = new_total
+                        bar.total = total
+                        bar.refresh()
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.2g}", epoch=self.epoch)
                     end_epoch = self.batch_in_epoch >= spe
@@ -258,21 +293,30 @@ class Trainer:
         return best if best.is_dir() else self.out / "last"
 
 
+def model_config_for(cfg: TrainConfig, channels: int, grid: int | None = None):
+    """The model config of a run: ``cfg.model`` + ``cfg.preset`` + ``in_channels`` + ``cfg.model_overrides``;
+    ``grid`` (the slice size or volume edge of the data) is written into the config's ``image_size`` /
+    ``grid_size`` field when the config has one and the overrides do not set it."""
+    from mddose.models.registry import make_config
+    mcfg = make_config(cfg.model, cfg.preset, **{"in_channels": channels, **cfg.model_overrides})
+    for name in ("image_size", "grid_size"):
+        if grid and hasattr(mcfg, name) and name not in cfg.model_overrides:
+            mcfg = dataclasses.replace(mcfg, **{name: int(grid)})
+    return mcfg
+
+
 def build_model_for(cfg: TrainConfig, channels: int, image_size: int | None = None) -> nn.Module:
-    """``build_model(cfg.model, cfg.preset, in_channels=channels, **cfg.model_overrides)``
-    (``image_size`` is set to the slice size when the config has that field and no override)."""
-    from mddose.models.registry import build_model, make_config
-    over = {"in_channels": channels, **cfg.model_overrides}
-    mcfg = make_config(cfg.model, cfg.preset, **over)
-    if image_size and hasattr(mcfg, "image_size") and "image_size" not in cfg.model_overrides:
-        mcfg = dataclasses.replace(mcfg, image_size=int(image_size))
-    return build_model(mcfg)
+    """The model of a run, built from :func:`model_config_for`."""
+    from mddose.models.registry import build_model
+    return build_model(model_config_for(cfg, channels, image_size))
 
 
 def train(config: TrainConfig | str | Path, out_dir: str | Path, *, resume: bool = False,
           progress: bool = True) -> Path:
     """Train from a config (object or JSON path) into ``out_dir``; returns the best checkpoint dir.
 
+    Any registered model: the registry's ``kind`` of ``cfg.model`` picks the objective (and so the data:
+    slices for 2D diffusion models, volumes for 3D regression models).
     ``resume=True`` continues from ``out_dir/last``; without it an existing run in ``out_dir`` is an error.
     Under ``torchrun`` (WORLD_SIZE > 1) every rank runs this; only rank 0 writes.
     """
@@ -283,22 +327,17 @@ def train(config: TrainConfig | str | Path, out_dir: str | Path, *, resume: bool
         raise MddoseError("nothing to resume: no checkpoint 'last' in this directory", out)
     if not resume and find_last(out) is not None:
         raise MddoseError("already holds a training run; use --resume to continue or choose another --out", out)
+    objective = objective_for(cfg)
+    base = model_config_for(cfg, 1)      # validates model, preset and overrides before any data is read
     dist = init_distributed(cfg.device)
     try:
-        from mddose.train.data import build_data
-        from mddose.train.validate import patient_dose_score
-        data = build_data(cfg, progress=progress and dist.is_main)
+        data = objective.build_data(cfg, base, progress=progress and dist.is_main)
         seed_everything(cfg.seed)
-        model = build_model_for(cfg, data.channels, data.slice_config.size)
-        trainer = Trainer(cfg, model, data.train, out, slice_config=data.slice_config.to_dict(),
-                          progress=progress, dist=dist)
+        model = build_model_for(cfg, data.channels, data.grid)
+        trainer = Trainer(cfg, model, data.train, out, data_config=data.data_config.to_dict(),
+                          progress=progress, dist=dist, objective=objective)
         if data.val_patients and cfg.val_every:
-            def validate(m: nn.Module) -> float:
-                return patient_dose_score(m, trainer.diffusion, data.val_patients, data.slice_config,
-                                          sampler=cfg.val_sampler, steps=cfg.val_steps,
-                                          max_slices=cfg.data.val_max_slices, seed=cfg.seed,
-                                          batch_size=cfg.batch_size, device=trainer.device)
-            trainer.validate = validate
+            trainer.validate = objective.validator(cfg, data, trainer.device)
         if resume:
             trainer.resume()
         return trainer.fit()

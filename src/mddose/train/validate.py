@@ -72,3 +72,41 @@ def slice_dose_score(model: nn.Module, diffusion: GaussianDiffusion, cond: torch
     if not mask.any():
         mask = torch.ones_like(dose, dtype=torch.bool)
     return float(((pred - dose).abs() * reference_dose)[mask].mean())
+
+
+@torch.no_grad()
+def predict_volume(model: nn.Module, cond: np.ndarray, *, tta: bool = False, vol_cfg=None,
+                   device: torch.device | str = "cpu") -> np.ndarray:
+    """One forward pass of a 3D regression model: cond (C, S, S, S) → (1, S, S, S) float32 (dose / reference).
+
+    ``tta``: mean over the four flips of :func:`mddose.data.volume.tta_predict` (needs ``vol_cfg``).
+    """
+    x = torch.from_numpy(np.ascontiguousarray(cond, dtype=np.float32))[None].to(device)
+    if tta:
+        from mddose.data.volume import tta_predict
+        out = tta_predict(model, x, vol_cfg)
+    else:
+        out = model(x)
+    return out[0].float().cpu().numpy()
+
+
+@torch.no_grad()
+def volume_dose_score(model: nn.Module, patients: Sequence, vol_cfg, *, tta: bool = False,
+                      device: torch.device | str = "cpu") -> float:
+    """Mean over patients of the mean absolute dose error (Gy) inside the possible-dose mask, each patient
+    predicted whole by a 3D model and resampled back to its own grid (:func:`mddose.data.volume.volume_to_patient`)."""
+    from mddose.data.volume import patient_to_volume, volume_to_patient
+
+    was_training = model.training
+    model.eval()
+    scores = []
+    for p in patients:
+        if p.dose is None:
+            continue
+        arr = patient_to_volume(p, vol_cfg)
+        dose = volume_to_patient(predict_volume(model, arr.cond, tta=tta, vol_cfg=vol_cfg, device=device), p, vol_cfg)
+        mask = p.dose_mask()
+        if mask.any():
+            scores.append(float(np.abs(dose - p.dose)[mask].mean()))
+    model.train(was_training)
+    return float(np.mean(scores)) if scores else float("nan")

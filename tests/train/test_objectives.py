@@ -1,0 +1,101 @@
+"""Objectives: the registry's kind picks the loss, the data and the validation; one trainer for both kinds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mddose.errors import MddoseError
+from mddose.train.config import DataConfig, TrainConfig
+from mddose.train.objectives import OBJECTIVES, DiffusionObjective, RegressionObjective, objective_for
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("model,cls", [("md-dose", DiffusionObjective), ("diffdp", DiffusionObjective),
+                                       ("sp-diffdose", DiffusionObjective), ("c3d", RegressionObjective),
+                                       ("hd-unet", RegressionObjective)])
+def test_objective_follows_the_registry_kind(model, cls):
+    from mddose.models import model_info
+    obj = objective_for(TrainConfig(model=model).resolved())
+    assert isinstance(obj, cls) and obj.kind == model_info(model).kind
+    assert OBJECTIVES[obj.kind] is cls
+
+
+def test_masked_l1_counts_only_masked_voxels():
+    pred = torch.zeros(1, 1, 2, 2, 2)
+    target = torch.ones(1, 1, 2, 2, 2)
+    target[0, 0, 0] = 5.0                       # large error outside the mask
+    mask = torch.zeros(1, 1, 2, 2, 2)
+    mask[0, 0, 1] = 1.0
+    assert RegressionObjective.masked_l1(pred, target, mask).item() == pytest.approx(1.0)
+    assert RegressionObjective.masked_l1(pred, target, torch.zeros_like(mask)).item() == 0.0
+
+
+def test_regression_loss_weights_the_cascade_outputs():
+    """C3D's loss is 0.5 · L1(A) + L1(B) over the possible-dose mask."""
+    from mddose.models import build_model
+    torch.manual_seed(0)
+    model = build_model("c3d", preset="tiny", in_channels=3)
+    obj = RegressionObjective(TrainConfig(model="c3d").resolved())
+    cond = torch.randn(1, 3, 16, 16, 16)
+    batch = {"cond": cond, "dose": torch.rand(1, 1, 16, 16, 16), "mask": (torch.rand(1, 1, 16, 16, 16) > 0.5).float()}
+    loss = obj.loss(obj.train_module(model), batch, torch.Generator(), 1, 0, torch.device("cpu"))
+    (wa, a), (wb, b) = model.training_outputs(cond)
+    assert (wa, wb) == (0.5, 1.0)
+    expect = 0.5 * obj.masked_l1(a, batch["dose"], batch["mask"]) + obj.masked_l1(b, batch["dose"], batch["mask"])
+    assert loss.item() == pytest.approx(expect.item(), rel=1e-6)
+    torch.testing.assert_close(b, model(cond))
+
+
+def _volume_config(**kw) -> TrainConfig:
+    base = dict(model="hd-unet", preset="tiny", data=DataConfig(phantoms={"n": 2, "size": 32, "val": 1}),
+                recipe="c3d", epochs=50, batch_size=2, device="cpu", val_every=25, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_regression_training_learns_and_keeps_the_best(tmp_path):
+    """The 3D path end to end in the trainer: loss falls, validation scores are written, best/ is kept."""
+    from mddose.train.checkpoint import load_checkpoint
+    from mddose.train.trainer import train
+
+    cfg = _volume_config(lr=3e-3, volume={"size": 16, "rotate": False, "translate": 0})
+    best = train(cfg, tmp_path / "run", progress=False)
+    rows = (tmp_path / "run" / "logs" / "train.csv").read_text().splitlines()[1:]
+    losses = [float(r.split(",")[2]) for r in rows]
+    assert len(losses) == 50 and np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+    val = (tmp_path / "run" / "logs" / "val.csv").read_text().splitlines()[1:]
+    assert len(val) == 2 and all(np.isfinite(float(v.split(",")[2])) for v in val)
+    b = load_checkpoint(best)
+    assert b.kind == "regression" and b.diffusion is None and b.slice_config is None
+    assert b.volume_config.size == 16 and b.model.config.grid_size == 16
+    meta = json.loads((best / "config.json").read_text())
+    assert meta["train_config"]["amsgrad"] is True and meta["train_config"]["lr_schedule"] == "cosine"
+
+
+@pytest.mark.parametrize("model,key", [("c3d", "slices"), ("md-dose", "volume")])
+def test_data_section_of_the_other_kind_is_refused(tmp_path, model, key):
+    from mddose.train.trainer import train
+
+    cfg = _volume_config(model=model, **{key: {"size": 32}})
+    with pytest.raises(MddoseError, match=f"'{key}' is for"):
+        train(cfg, tmp_path / "run", progress=False)
+
+
+def test_unknown_structure_encoder_is_refused_before_any_data(tmp_path):
+    from mddose.train.trainer import train
+
+    cfg = _volume_config(model="md-dose", model_overrides={"structure_encoder": "lstm"},
+                         data=DataConfig(train=str(tmp_path / "nowhere")))
+    with pytest.raises(MddoseError, match="structure_encoder"):
+        train(cfg, tmp_path / "run", progress=False)
