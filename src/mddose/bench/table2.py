@@ -14,6 +14,7 @@ absolute times are those of this machine, not of the paper's GPU.
 
 from __future__ import annotations
 
+import functools
 import time
 
 #: The paper's Table 2 (parameters in M as printed, seconds per iteration on an RTX 3090).
@@ -67,11 +68,10 @@ def bench_table2(repeats: int = 3, in_channels: int = 9, models: list[str] | Non
         model = build_model(name, preset=preset, in_channels=in_channels).eval()
         call, what = _inputs(info, in_channels)
         with torch.inference_mode():
-            s = _best_time(lambda: call(model), repeats)
+            s = _best_time(functools.partial(call, model), repeats)
         rows.append({"model": name, "preset": preset, "kind": info.kind, "dims": info.dims,
                      "parameters": sum(p.numel() for p in model.parameters()), "s_per_iter": round(s, 4),
                      "iteration": what, "paper": PAPER_TABLE2.get(name) if preset == "paper" else None})
-        del model
     return {"rows": rows, "ratios": _ratios(rows)}
 
 

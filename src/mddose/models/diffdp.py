@@ -47,7 +47,7 @@ from mddose.errors import MddoseError
 from mddose.models.md_dose import check_denoiser_inputs
 from mddose.models.registry import ModelConfig, register_model
 from mddose.nn.embed import TimestepEmbedding
-from mddose.nn.unet2d import Downsample2d, ResBlock2d, SelfAttention2d, Upsample2d, group_norm
+from mddose.nn.unet2d import Downsample2d, PyramidEncoder2d, ResBlock2d, SelfAttention2d, Upsample2d, group_norm
 
 
 def check_int_fields(where: str, cfg: ModelConfig, names: tuple[str, ...], minimum: int = 1) -> None:
@@ -132,25 +132,14 @@ class ResAttnBlock(nn.Module):
         return self.attn(x) if self.attn is not None else x
 
 
-class ConvStructureEncoder(nn.Module):
-    """Convolutional structure encoder. ``cond (B, C, H, W) -> [s_i (B, c_i, H/2^i, W/2^i) for each level]``."""
-
-    def __init__(self, cfg: DiffDPConfig):
-        super().__init__()
-        widths, g = cfg.widths, cfg.norm_groups
-        self.head = nn.Conv2d(cfg.in_channels, cfg.channels, kernel_size=3, padding=1)
-        prev = [cfg.channels, *widths]
-        self.levels = nn.ModuleList([
-            nn.Sequential(*[ResBlock2d(prev[i] if j == 0 else c, c, groups=g) for j in range(cfg.se_blocks)])
-            for i, c in enumerate(widths)])
-        self.down = nn.ModuleList([Downsample2d(c) for c in widths[:-1]])
-
-    def forward(self, cond: Tensor) -> list[Tensor]:  # noqa: D102
-        h, feats = self.head(cond), []
-        for i, level in enumerate(self.levels):
-            h = level(h if i == 0 else self.down[i - 1](h))
-            feats.append(h)
-        return feats
+def conv_structure_encoder(cfg: DiffDPConfig) -> PyramidEncoder2d:
+    """Convolutional structure encoder: ``se_blocks`` ResBlocks (no time input) per level.
+    ``cond (B, C, H, W) -> [s_i (B, c_i, H/2^i, W/2^i) for each level]``."""
+    widths, g = cfg.widths, cfg.norm_groups
+    prev = [cfg.channels, *widths]
+    stages = [nn.Sequential(*[ResBlock2d(prev[i] if j == 0 else c, c, groups=g) for j in range(cfg.se_blocks)])
+              for i, c in enumerate(widths)]
+    return PyramidEncoder2d(cfg.in_channels, cfg.channels, widths, stages)
 
 
 class DiffDP(nn.Module):
@@ -162,7 +151,7 @@ class DiffDP(nn.Module):
         temb = 4 * cfg.channels
         self.time = TimestepEmbedding(cfg.channels, (temb,), cfg.fourier_scale, cfg.t_divisor)
         self.time_mlp = nn.Sequential(nn.SiLU(), nn.Linear(temb, temb))
-        self.structure = ConvStructureEncoder(cfg)
+        self.structure = conv_structure_encoder(cfg)
         self.head = nn.Conv2d(1, cfg.channels, kernel_size=3, padding=1)
         skips = self._build_encoder(cfg, temb)
         c = cfg.widths[-1]

@@ -53,7 +53,7 @@ from mddose.models.md_dose import check_denoiser_inputs
 from mddose.models.registry import ModelConfig, register_model
 from mddose.nn.embed import TimestepEmbedding
 from mddose.nn.swin import SwinLayer2d
-from mddose.nn.unet2d import Downsample2d, ResBlock2d, Upsample2d, group_norm
+from mddose.nn.unet2d import Downsample2d, PyramidEncoder2d, ResBlock2d, Upsample2d, group_norm
 
 
 @dataclass(frozen=True)
@@ -183,23 +183,11 @@ class FusionProjector(nn.Module):
         return self.projector(self.fuse(torch.cat([h, s], dim=1)))
 
 
-class StructureEncoder(nn.Module):
+def structure_encoder(cfg: SPDiffDoseConfig) -> PyramidEncoder2d:
     """cond (B, C, H, W) → [s_i (B, c_i, H/2^i, W/2^i) for each level]; conv / Swin stages as the denoiser."""
-
-    def __init__(self, cfg: SPDiffDoseConfig):
-        super().__init__()
-        widths = cfg.widths
-        self.head = nn.Conv2d(cfg.in_channels, cfg.channels, kernel_size=3, padding=1)
-        prev = [cfg.channels, *widths]
-        self.levels = nn.ModuleList([_stage(i, prev[i], None, cfg, structure=True) for i in range(len(widths))])
-        self.down = nn.ModuleList([Downsample2d(c) for c in widths[:-1]])
-
-    def forward(self, cond: Tensor) -> list[Tensor]:  # noqa: D102
-        h, feats = self.head(cond), []
-        for i, level in enumerate(self.levels):
-            h = level(h if i == 0 else self.down[i - 1](h))
-            feats.append(h)
-        return feats
+    prev = [cfg.channels, *cfg.widths]
+    stages = [_stage(i, prev[i], None, cfg, structure=True) for i in range(len(cfg.widths))]
+    return PyramidEncoder2d(cfg.in_channels, cfg.channels, cfg.widths, stages)
 
 
 class SPDiffDose(nn.Module):
@@ -211,7 +199,7 @@ class SPDiffDose(nn.Module):
         widths, n, temb = cfg.widths, len(cfg.widths), 4 * cfg.channels
         self.time = TimestepEmbedding(cfg.channels, (temb,), cfg.fourier_scale, cfg.t_divisor)
         self.time_mlp = nn.Sequential(nn.SiLU(), nn.Linear(temb, temb))
-        self.structure = StructureEncoder(cfg)
+        self.structure = structure_encoder(cfg)
         self.head = nn.Conv2d(1, cfg.channels, kernel_size=3, padding=1)
         prev = [cfg.channels, *widths]
         self.enc = nn.ModuleList([_stage(i, prev[i], temb, cfg, structure=False) for i in range(n)])

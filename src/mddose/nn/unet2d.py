@@ -96,3 +96,27 @@ class Upsample2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class PyramidEncoder2d(nn.Module):
+    """A structure encoder's skeleton: ``cond (B, C, H, W) -> [s_i (B, widths[i], H/2^i, W/2^i) for each level]``.
+
+    A 3x3 head conv to ``channels``, then ``stages[i]`` per level — level 0 at full resolution, a stride-2
+    :class:`Downsample2d` before every other level. The stages (conv ResBlocks, Swin layers, ...) are the
+    caller's: each maps the previous level's width to ``widths[i]``.
+    """
+
+    def __init__(self, in_channels: int, channels: int, widths: tuple[int, ...], stages: list[nn.Module]):
+        super().__init__()
+        if len(stages) != len(widths):
+            raise ValueError(f"PyramidEncoder2d: {len(stages)} stages for {len(widths)} widths")
+        self.head = nn.Conv2d(in_channels, channels, kernel_size=3, padding=1)
+        self.levels = nn.ModuleList(stages)
+        self.down = nn.ModuleList([Downsample2d(c) for c in widths[:-1]])
+
+    def forward(self, cond: Tensor) -> list[Tensor]:  # noqa: D102
+        h, feats = self.head(cond), []
+        for i, level in enumerate(self.levels):
+            h = level(h if i == 0 else self.down[i - 1](h))
+            feats.append(h)
+        return feats
