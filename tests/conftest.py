@@ -14,20 +14,37 @@ OPENKBP = SHARED / "openkbp"
 OPENKBP_REFERENCE = SHARED / "openkbp-reference"
 
 
+def shared_required(environ=os.environ) -> bool:
+    """Whether the shared data must be present: ``MDDOSE_REQUIRE_SHARED=1`` (``.ci/run`` sets it) or running
+    under CI (``$CI`` set to anything but ``""``/``0``/``false``, as CI services do); then a missing directory
+    fails the tests that need it instead of skipping them."""
+    def on(name):
+        return environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+    return on("MDDOSE_REQUIRE_SHARED") or on("CI")
+
+
+def require_shared(path: Path, what: str, environ=os.environ) -> Path:
+    """``path`` if it is a directory; otherwise fail (:func:`shared_required`) or skip the test."""
+    if not path.is_dir():
+        msg = f"{what} not found at {path}"
+        if shared_required(environ):
+            pytest.fail(f"{msg} (required: MDDOSE_REQUIRE_SHARED=1 or CI is set)", pytrace=False)
+        pytest.skip(msg)
+    return path
+
+
 @pytest.fixture(scope="session")
 def openkbp_dir() -> Path:
-    """``../shared/openkbp`` (train-pats/, validation-pats/); skips if the shared data is absent."""
-    if not OPENKBP.is_dir():
-        pytest.skip(f"shared OpenKBP data not found at {OPENKBP}")
-    return OPENKBP
+    """``../shared/openkbp`` (train-pats/, validation-pats/); skips if the shared data is absent (fails
+    under CI or with ``MDDOSE_REQUIRE_SHARED=1``)."""
+    return require_shared(OPENKBP, "shared OpenKBP data")
 
 
 @pytest.fixture(scope="session")
 def openkbp_reference_dir() -> Path:
-    """``../shared/openkbp-reference``; skips if absent."""
-    if not OPENKBP_REFERENCE.is_dir():
-        pytest.skip(f"shared OpenKBP reference not found at {OPENKBP_REFERENCE}")
-    return OPENKBP_REFERENCE
+    """``../shared/openkbp-reference``; skips if absent (fails under CI or with ``MDDOSE_REQUIRE_SHARED=1``)."""
+    return require_shared(OPENKBP_REFERENCE, "shared OpenKBP reference")
 
 
 @pytest.fixture

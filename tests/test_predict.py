@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +15,7 @@ import torch
 from mddose.cli.main import main
 from mddose.data.io import load_patient, save_patient
 from mddose.data.phantom import make_phantom
-from mddose.data.slices import SliceConfig
+from mddose.data.inputs.slices import SliceConfig
 from mddose.diffusion import GaussianDiffusion
 from mddose.errors import MddoseError
 from mddose.models import build_model
@@ -80,11 +84,11 @@ def test_predict_to_dir_reads_back(checkpoint, patients_dir, tmp_path, fmt, suff
         assert (out / f"{pid}{suffix}").is_file() and (out / "uncertainty" / f"{pid}{suffix}").is_file()
     ref = load_patient(patients_dir / "pt_1", cache=False)
     if fmt == "nifti":
-        from mddose.data.nifti import read_nifti_array
+        from mddose.data.formats.nifti import read_nifti_array
 
         dose = read_nifti_array(out / "pt_1.nii.gz")[0]
     else:
-        from mddose.data.openkbp import read_dose_csv
+        from mddose.data.formats.openkbp import read_dose_csv
 
         dose = read_dose_csv(out / "pt_1.csv", shape=ref.shape)
     direct = predict_patient(load_checkpoint(checkpoint), ref, sampler="ddim", steps=2, samples=2, batch=16)
@@ -118,7 +122,7 @@ def test_cli_predict_and_bad_checkpoint(checkpoint, patients_dir, tmp_path, caps
 @pytest.fixture(scope="module")
 def checkpoint_3d(tmp_path_factory):
     """An (untrained) tiny C3D checkpoint on a 16³ grid for phantoms."""
-    from mddose.data.volume import VolumeConfig
+    from mddose.data.inputs.volume import VolumeConfig
 
     torch.manual_seed(0)
     vcfg = VolumeConfig.for_phantoms(size=16)
@@ -172,3 +176,125 @@ def test_cli_predict_3d_writes_and_records_kind(checkpoint_3d, patients_dir, tmp
     info = json.loads((out / "predict.json").read_text())
     assert info["kind"] == "regression" and info["tta"] is False and "sampler" not in info
     assert sorted(info["patients"]) == ["pt_1", "pt_2"]
+
+
+# ---------------------------------------------------------------------------- issue 11: outputs, bad items
+def _tree(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("bad_id", ["../../escaped", "sub/../../escaped", "..", ".", "", "a/b", "x\0y", "ABSOLUTE"])
+@pytest.mark.parametrize("fmt", ["openkbp", "nifti", "dicom"])
+def test_write_prediction_never_writes_outside_out(tmp_path, bad_id, fmt):
+    from mddose.predict import Prediction, write_prediction
+
+    patient = make_phantom(1, 32)
+    bad_id = str(tmp_path / "escaped") if bad_id == "ABSOLUTE" else bad_id
+    out = tmp_path / "a" / "b" / "out"
+    out.mkdir(parents=True)
+    pred = Prediction(bad_id, np.zeros(patient.shape, np.float32), np.zeros(patient.shape, np.float32))
+    with pytest.raises(MddoseError, match="safe file name|outside the output"):
+        write_prediction(pred, patient, out, fmt)
+    assert _tree(tmp_path) == ["a", "a/b", "a/b/out"]
+
+
+def test_write_prediction_refuses_a_symlink_out_of_out(tmp_path):
+    from mddose.predict import Prediction, write_prediction
+
+    patient = make_phantom(1, 32)
+    elsewhere, out = tmp_path / "elsewhere", tmp_path / "out"
+    elsewhere.mkdir()
+    out.mkdir()
+    (out / "uncertainty").symlink_to(elsewhere)
+    pred = Prediction("pt_1", np.zeros(patient.shape, np.float32), np.zeros(patient.shape, np.float32))
+    with pytest.raises(MddoseError, match="outside the output"):
+        write_prediction(pred, patient, out, "openkbp")
+    assert list(elsewhere.iterdir()) == [] and sorted(p.name for p in out.iterdir()) == ["uncertainty"]
+
+
+@pytest.fixture
+def patients_with_duplicate(tmp_path, patients_dir):
+    """pt_1, pt_2 and ``copy_of_pt_1`` (a second patient whose id is ``PT_1``: same file name on a
+    case-insensitive file system)."""
+    root = tmp_path / "patients"
+    shutil.copytree(patients_dir, root)
+    p = make_phantom(200, 32)
+    p.id = "PT_1"
+    save_patient(p, root / "copy_of_pt_1", "nifti")
+    return root
+
+
+def test_duplicate_ids_are_refused_by_name(checkpoint, patients_with_duplicate, tmp_path, capsys):
+    out = tmp_path / "pred"
+    rc = main(["predict", "--checkpoint", str(checkpoint), "--input", str(patients_with_duplicate), "--out", str(out),
+               "--steps", "1"])
+    captured = capsys.readouterr()
+    assert rc == 2 and "Traceback" not in captured.err
+    assert sorted(p.name for p in out.glob("*.csv")) == ["pt_2.csv"]       # neither pt_1 nor PT_1 overwrote
+    info = json.loads((out / "predict.json").read_text())
+    refused = {Path(item).name: msg for item, msg in info["errors"]}
+    assert set(refused) == {"pt_1", "copy_of_pt_1"}
+    assert all("is also the id of" in msg for msg in refused.values())
+    assert "copy_of_pt_1" in refused["pt_1"] and "pt_1" in refused["copy_of_pt_1"]
+
+
+@pytest.mark.parametrize("where", ["load", "predict", "write"])
+@pytest.mark.parametrize("exc", [TypeError("unexpected"), KeyError("Heart"), MddoseError("bad"),
+                                 PermissionError(13, "Permission denied", "/x/ct.csv")], ids=lambda e: type(e).__name__)
+def test_any_failure_of_one_patient_is_reported_and_the_batch_goes_on(checkpoint, patients_dir, tmp_path, capsys,
+                                                                      monkeypatch, where, exc):
+    import mddose.data.io as data_io
+    import mddose.predict as predict_mod
+
+    target = {"load": (data_io, "load_patient"), "predict": (predict_mod, "predict_patient"),
+              "write": (predict_mod, "write_prediction")}[where]
+    real = getattr(*target)
+
+    def failing(first, *args, **kwargs):
+        ident = Path(first).name if where == "load" else args[0].id     # args[0]: the patient
+        if ident == "pt_1":
+            raise exc
+        return real(first, *args, **kwargs)
+
+    monkeypatch.setattr(*target, failing)
+    out = tmp_path / "pred"
+    rc = main(["predict", "--checkpoint", str(checkpoint), "--input", str(patients_dir), "--out", str(out),
+               "--steps", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert (out / "pt_2.csv").is_file() and not (out / "pt_1.csv").exists()   # the good one is still written
+    info = json.loads((out / "predict.json").read_text())
+    assert info["patients"] == ["pt_2"]
+    [(item, msg)] = info["errors"]
+    assert Path(item).name == "pt_1" and msg.strip()
+
+
+def test_stale_temporary_files_of_a_killed_run_are_removed(checkpoint, patients_dir, tmp_path):
+    from mddose.utils import fs
+
+    out = tmp_path / "pred"
+    (out / "uncertainty").mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    stale = [out / f"{fs.TEMP_PREFIX}{fs._host()}.{dead}.pt_1.csv.abcd1234.tmp.csv",
+             out / "uncertainty" / f"{fs.TEMP_PREFIX}{fs._host()}.{dead}.pt_1.csv.efgh5678.tmp.csv"]
+    for p in stale:
+        p.write_text("half-written")
+    done, errors = predict_to_dir(checkpoint, patients_dir, out, steps=1, samples=2, progress=False)  # no --force
+    assert sorted(done) == ["pt_1", "pt_2"] and errors == []
+    assert not any(p.exists() for p in stale)
+
+
+@pytest.mark.parametrize("kw, match", [({"device": "tpu"}, "--device"), ({"batch": 0}, "--batch"),
+                                       ({"fmt": "png"}, "--format")])
+def test_bad_options_are_one_line_errors(checkpoint, patients_dir, tmp_path, kw, match):
+    with pytest.raises(MddoseError, match=match):
+        predict_to_dir(checkpoint, patients_dir, tmp_path / "o", progress=False, **kw)
+    assert not (tmp_path / "o").exists()
+
+
+def test_output_that_is_a_file_is_refused(checkpoint, patients_dir, tmp_path):
+    (tmp_path / "o").write_text("user data")
+    with pytest.raises(MddoseError, match="not a directory"):
+        predict_to_dir(checkpoint, patients_dir, tmp_path / "o", progress=False, force=True)
+    assert (tmp_path / "o").read_text() == "user data"

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mddose.errors import MddoseError
 from mddose.utils.fs import atomic_write, check_new_output
 
 log = logging.getLogger(__name__)
@@ -121,7 +120,7 @@ def run_demo(out: str | Path = "mddose-demo", *, config: DemoConfig = DemoConfig
     try:
         from mddose.evaluate.report import report_run
 
-        report = report_run(pred_dir, test_dir, out / "report.html")
+        report = report_run(pred_dir, test_dir, out / "report.html").path
     except Exception as exc:  # the report is a convenience; the demo's results stand without it
         log.warning("HTML report not written: %s", exc)
     mae = _mae(test, pred_dir)
@@ -142,7 +141,7 @@ def run_demo(out: str | Path = "mddose-demo", *, config: DemoConfig = DemoConfig
 
 
 def _mae(test, pred_dir: Path) -> dict[str, float]:
-    from mddose.data.nifti import read_nifti_array
+    from mddose.data.formats.nifti import read_nifti_array
 
     res = {}
     for p in test:
@@ -153,7 +152,7 @@ def _mae(test, pred_dir: Path) -> dict[str, float]:
 
 
 def _figures(test, pred_dir: Path, out: Path) -> list[Path]:
-    from mddose.data.nifti import read_nifti_array
+    from mddose.data.formats.nifti import read_nifti_array
     from mddose.evaluate.figures import dose_error_figure, dvh_figure
 
     p = test[0]

@@ -18,6 +18,7 @@ An option of the other kind is refused with a one-line error.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,7 @@ class Prediction:
 
 
 def _slice_config(bundle):
-    from mddose.data.slices import SliceConfig
+    from mddose.data.inputs.slices import SliceConfig
 
     cfg = bundle.slice_config
     return cfg if isinstance(cfg, SliceConfig) else SliceConfig.from_dict(cfg)
@@ -105,7 +106,7 @@ def _check_rois(patient: Patient, data_cfg, allow_missing_rois: bool) -> None:
 
 def _predict_slices(bundle, patient: Patient, opts: dict, *, batch: int, seed: int, progress: bool) -> Prediction:
     """2D diffusion model: slices → sampler → volume (see the module docstring)."""
-    from mddose.data.slices import patient_to_slices, slices_to_volume
+    from mddose.data.inputs.slices import patient_to_slices, slices_to_volume
     from mddose.diffusion import sample
 
     slice_cfg = _slice_config(bundle)
@@ -139,7 +140,7 @@ def _predict_slices(bundle, patient: Patient, opts: dict, *, batch: int, seed: i
 
 def _predict_volume(bundle, patient: Patient, opts: dict, *, batch: int, seed: int, progress: bool) -> Prediction:
     """3D regression model: the whole volume in one pass (TTA: mean of four flips), back to the patient's grid."""
-    from mddose.data.volume import patient_to_volume, volume_to_patient
+    from mddose.data.inputs.volume import patient_to_volume, volume_to_patient
     from mddose.train.validate import predict_volume
 
     vol_cfg = bundle.volume_config
@@ -176,41 +177,146 @@ def predict_patient(bundle, patient: Patient, *, sampler: str | None = None, ste
     return PREDICTORS[bundle.kind](bundle, patient, opts, batch=batch, seed=seed, progress=progress)
 
 
+def _output_path(out: Path, patient_id: str, *parts: str) -> Path:
+    """``out/<parts with {id}>`` for one patient, refused unless it is a file name inside ``out``.
+
+    Defence in depth (the patient contract already refuses unsafe ids): the id must be one plain path
+    component and the path, symlinks resolved, must lie inside ``out``.
+    """
+    pid = str(patient_id)
+    if pid in ("", ".", "..") or Path(pid).name != pid or "/" in pid or "\\" in pid or "\0" in pid:
+        raise MddoseError(f"patient id {pid!r} is not a safe file name; refusing to write its prediction")
+    path = out.joinpath(*(p.format(id=pid) for p in parts))
+    root = out.resolve()
+    real = path.resolve()
+    if real != root and root not in real.parents:
+        raise MddoseError(f"patient {pid}: {path} resolves to {real}, outside the output directory {root}; "
+                          "refusing to write there")
+    return path
+
+
+#: format → paths (under the output directory) of the dose and of the uncertainty map; ``{id}`` = patient id
+OUTPUT_LAYOUT = {
+    "openkbp": (("{id}.csv",), ("uncertainty", "{id}.csv")),
+    "nifti": (("{id}.nii.gz",), ("uncertainty", "{id}.nii.gz")),
+    "dicom": (("{id}", "RTDOSE.dcm"), ("uncertainty", "{id}.nii.gz")),
+}
+
+
 def write_prediction(pred: Prediction, patient: Patient, out: Path, fmt: str) -> list[Path]:
     """Write one patient's prediction into ``out`` in format ``fmt``; returns the files written.
 
-    Layout: ``openkbp`` → ``out/<id>.csv`` (+ ``out/uncertainty/<id>.csv``); ``nifti`` →
-    ``out/<id>.nii.gz`` (+ ``out/uncertainty/<id>.nii.gz``); ``dicom`` → ``out/<id>/RTDOSE.dcm``
+    Layout (:data:`OUTPUT_LAYOUT`): ``openkbp`` → ``out/<id>.csv`` (+ ``out/uncertainty/<id>.csv``);
+    ``nifti`` → ``out/<id>.nii.gz`` (+ ``out/uncertainty/<id>.nii.gz``); ``dicom`` → ``out/<id>/RTDOSE.dcm``
     referencing the patient's CT (+ ``out/uncertainty/<id>.nii.gz``). Each file is written atomically.
+    Every path is checked to be inside ``out`` before anything is written (:class:`MddoseError` otherwise).
     """
-    written: list[Path] = []
-    if fmt == "openkbp":
-        from mddose.data.openkbp import write_dose_csv
-
-        write_dose_csv(pred.dose, out / f"{pred.patient_id}.csv")
-        written.append(out / f"{pred.patient_id}.csv")
-        if pred.std is not None:
-            write_dose_csv(pred.std, out / "uncertainty" / f"{pred.patient_id}.csv")
-            written.append(out / "uncertainty" / f"{pred.patient_id}.csv")
-        return written
-    from mddose.data.nifti import write_nifti_array
-
-    if fmt == "nifti":
-        write_nifti_array(pred.dose, out / f"{pred.patient_id}.nii.gz", like=patient)
-        written.append(out / f"{pred.patient_id}.nii.gz")
-    elif fmt == "dicom":
-        from mddose.data.dicom import write_rtdose
-
-        path = out / pred.patient_id / "RTDOSE.dcm"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_rtdose(pred.dose, patient, path)
-        written.append(path)
-    else:
+    if fmt not in OUTPUT_LAYOUT:
         raise MddoseError(f"--format: unknown output format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
-    if pred.std is not None:
-        write_nifti_array(pred.std, out / "uncertainty" / f"{pred.patient_id}.nii.gz", like=patient)
-        written.append(out / "uncertainty" / f"{pred.patient_id}.nii.gz")
-    return written
+    out = Path(out)
+    dose_parts, std_parts = OUTPUT_LAYOUT[fmt]
+    dose_path = _output_path(out, pred.patient_id, *dose_parts)
+    std_path = _output_path(out, pred.patient_id, *std_parts) if pred.std is not None else None
+    if fmt == "openkbp":
+        from mddose.data.formats.openkbp import write_dose_csv
+
+        write_dose_csv(pred.dose, dose_path)
+        if std_path is not None:
+            write_dose_csv(pred.std, std_path)
+    else:
+        from mddose.data.formats.nifti import write_nifti_array
+
+        if fmt == "nifti":
+            write_nifti_array(pred.dose, dose_path, like=patient)
+        else:
+            from mddose.data.formats.dicom.write import write_rtdose
+
+            dose_path.parent.mkdir(parents=True, exist_ok=True)
+            write_rtdose(pred.dose, patient, dose_path)
+        if std_path is not None:
+            write_nifti_array(pred.std, std_path, like=patient)
+    return [dose_path] if std_path is None else [dose_path, std_path]
+
+
+def _pick_device(device: str) -> torch.device:
+    """``auto`` → CUDA if available else CPU; a bad or unavailable device → one-line :class:`MddoseError`."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise MddoseError(f"--device: unknown device {device!r} (auto | cpu | cuda | cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MddoseError(f"--device: {device} requested but CUDA is not available")
+    return dev
+
+
+def _prepare_output(out: Path, force: bool) -> None:
+    """Create ``out`` (refusing a non-empty one without ``force``), after removing the stale temporary files
+    a killed run left in it (:func:`mddose.utils.fs.clean_stale_temps`); refuse an unwritable one."""
+    from mddose.utils.fs import clean_stale_temps
+
+    if out.exists() and not out.is_dir():
+        raise MddoseError("output exists and is not a directory", out)
+    if out.is_dir():
+        for d in (out, out / "uncertainty"):
+            clean_stale_temps(d)
+        if (out / "uncertainty").is_dir() and not any((out / "uncertainty").iterdir()):
+            (out / "uncertainty").rmdir()       # left empty by a killed run (our own layout directory)
+        if any(out.iterdir()) and not force:
+            raise MddoseError("output directory exists and is not empty (use --force to add to / overwrite it)", out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise MddoseError("output directory is not writable", out)
+
+
+def _load_all(input_path, progress: bool) -> tuple[list[tuple[str, Patient]], list[tuple[str, str]]]:
+    """Every readable patient under ``input_path`` as ``(directory, patient)``, and ``(directory, error)`` for
+    the others — whatever the exception (each logged as one warning line; the traceback at debug level)."""
+    from mddose.data.io import load_patient, patient_dirs
+
+    loaded: list[tuple[str, Patient]] = []
+    errors: list[tuple[str, str]] = []
+    dirs = patient_dirs(input_path)
+    if progress:
+        from tqdm.auto import tqdm
+
+        dirs = tqdm(dirs, desc="loading patients", unit="patient", leave=False)
+    for d in dirs:
+        try:
+            loaded.append((str(d), load_patient(d)))
+        except Exception as exc:  # noqa: BLE001 - a bad patient is reported, the batch goes on
+            errors.append((str(d), _report(d, exc)))
+    return loaded, errors
+
+
+def _report(item, exc: BaseException) -> str:
+    """Log a failed item as one warning line (traceback at debug level for unexpected exceptions)."""
+    from mddose.utils.fs import describe_error
+
+    msg = describe_error(exc)
+    log.warning("skipping %s", msg if str(item) in msg else f"{item}: {msg}")
+    if not isinstance(exc, (MddoseError, OSError)):
+        log.debug("traceback of the failure of %s", item, exc_info=exc)
+    return msg
+
+
+def _refuse_duplicates(loaded: list[tuple[str, Patient]]) -> tuple[list[tuple[str, Patient]], list[tuple[str, str]]]:
+    """Split off every patient whose id (case-insensitively: file names) another patient of the batch has too."""
+    by_id: dict[str, list[str]] = {}
+    for d, p in loaded:
+        by_id.setdefault(str(p.id).casefold(), []).append(d)
+    keep, errors = [], []
+    for d, p in loaded:
+        dirs = by_id[str(p.id).casefold()]
+        if len(dirs) > 1:
+            others = ", ".join(x for x in dirs if x != d)
+            exc = MddoseError(f"patient id {p.id!r} is also the id of {others}; refusing both (ids name the "
+                              "output files and must be unique in one batch)", d)
+            errors.append((d, _report(d, exc)))
+        else:
+            keep.append((d, p))
+    return keep, errors
 
 
 def predict_to_dir(checkpoint: str | Path, input_path: str | Path, out: str | Path, *, fmt: str = "openkbp",
@@ -218,44 +324,49 @@ def predict_to_dir(checkpoint: str | Path, input_path: str | Path, out: str | Pa
                    samples: int | None = None, tta: bool | None = None, batch: int = 8,
                    allow_missing_rois: bool = False, force: bool = False, seed: int = 0,
                    device: str = "auto", progress: bool = True) -> tuple[list[str], list[tuple[str, str]]]:
-    """Predict every patient under ``input_path`` and write them into ``out``.
+    """Predict every patient under ``input_path`` and write them into ``out`` — and nowhere else.
 
     Options left at None take the defaults of the checkpoint's kind of model (:data:`OPTION_DEFAULTS`);
-    an option of the other kind is refused before any work. Returns ``(ids written, [(patient or path,
-    error), ...])``; bad patients are reported and skipped. Raises :class:`MddoseError` when nothing
-    could be predicted.
+    an option of the other kind is refused before any work. Returns ``(ids written, [(patient directory,
+    error), ...])``: a patient that cannot be read or predicted — whatever the exception — or whose id another
+    patient of the batch has too, is reported (one warning line) and skipped, the others are written.
+    Raises :class:`MddoseError` when nothing could be predicted.
     """
-    from mddose.data.io import load_patients
-    from mddose.train.checkpoint import load_checkpoint
-
     if fmt not in OUTPUT_FORMATS:
         raise MddoseError(f"--format: unknown output format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
+    if batch < 1:
+        raise MddoseError(f"--batch: must be ≥ 1, got {batch}")
+    from mddose.train.checkpoint import load_checkpoint
+
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise MddoseError("output directory exists and is not empty (use --force to add to / overwrite it)", out)
+    if out.exists() and not out.is_dir():
+        raise MddoseError("output exists and is not a directory", out)
+    if out.is_dir() and not force:
+        _prepare_output(out, force)             # refuse a non-empty output before the (slow) checkpoint load
+    dev = _pick_device(device)
     bundle = load_checkpoint(checkpoint)
     opts = resolve_options(bundle.kind, _model_name(bundle), sampler=sampler, steps=steps, eta=eta,
                            samples=samples, tta=tta)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    bundle.model.to(dev)
-    patients, errors = load_patients(input_path)
-    errors = list(errors)
+    loaded, errors = _load_all(input_path, progress)
+    loaded, dup_errors = _refuse_duplicates(loaded)
+    errors += dup_errors
+    if loaded:
+        _prepare_output(out, force)
+        bundle.model.to(dev)
     done: list[str] = []
-    it = patients
+    it = loaded
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(patients, desc="patients", unit="patient")
-    for patient in it:
+        it = tqdm(loaded, desc="patients", unit="patient")
+    for d, patient in it:
         try:
             pred = predict_patient(bundle, patient, **opts, batch=batch, allow_missing_rois=allow_missing_rois,
                                    seed=seed, progress=progress)
             write_prediction(pred, patient, out, fmt)
             done.append(patient.id)
-        except MddoseError as exc:
-            log.warning("%s", exc)
-            errors.append((patient.id, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - a bad patient is reported, the batch goes on
+            errors.append((d, _report(f"{d} (patient {patient.id})", exc)))
     if done:
         _write_run_info(out, checkpoint=checkpoint, input_path=input_path, fmt=fmt, kind=bundle.kind,
                         model=_model_name(bundle), **opts, seed=seed, patients=done, errors=errors)

@@ -80,8 +80,8 @@ def test_bad_values_skip_that_patient(capsys, reference, pred, content, message)
     path = pred / "pt_202.csv"
     idx = path.read_text().splitlines()[5].split(",")[0]
     _set_line(path, 5, f"{idx},{content}")
-    rc, out, _ = _run(capsys, "evaluate", "--reference", str(reference), "--prediction", str(pred))
-    assert rc == 0
+    rc, out, err = _run(capsys, "evaluate", "--reference", str(reference), "--prediction", str(pred))
+    assert rc == 2 and "1 item(s) failed" in err  # the good patients' results are still written
     summary = json.loads((pred / "evaluation" / "summary.json").read_text())
     assert summary["patients"] == ["pt_201", "pt_203"]
     (err,) = summary["errors"]
@@ -92,12 +92,12 @@ def test_bad_values_skip_that_patient(capsys, reference, pred, content, message)
 def test_wrong_grid_is_reported(capsys, reference, pred):
     _set_line(pred / "pt_201.csv", 3, f"{128 ** 3 + 7},1.0")
     rc, out, _ = _run(capsys, "evaluate", "--reference", str(reference), "--prediction", str(pred))
-    assert rc == 0 and "outside the grid" in out
+    assert rc == 2 and "outside the grid" in out
 
 
 def test_wrong_shape_in_memory(openkbp_dir):
     from mddose.data.io import load_patient
-    from mddose.evaluate.run import evaluate_arrays
+    from mddose.evaluate.records import evaluate_arrays
 
     p = load_patient(openkbp_dir / "validation-pats" / "pt_201")
     res = evaluate_arrays([p], {"pt_201": np.zeros((64, 64, 64), np.float32)})
@@ -106,9 +106,9 @@ def test_wrong_shape_in_memory(openkbp_dir):
 
 def test_not_csv_and_unsupported_files(capsys, reference, pred):
     (pred / "pt_201.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00binary")
-    (pred / "pt_202.csv").rename(pred / "pt_202.npy")
+    (pred / "pt_202.csv").rename(pred / "pt_202.txt")
     rc, out, _ = _run(capsys, "evaluate", "--reference", str(reference), "--prediction", str(pred))
-    assert rc == 0
+    assert rc == 2
     summary = json.loads((pred / "evaluation" / "summary.json").read_text())
     errors = dict((e["item"], e["message"]) for e in summary["errors"])
     assert "not a CSV text file" in errors["pt_201"]
@@ -170,7 +170,8 @@ def test_compare_does_not_reuse_stale_evaluation(caplog, reference, pred):
     later = time.time() + 10
     os.utime(pred / "pt_201.csv", (later, later))  # a prediction changed after the evaluation
     caplog.clear()
-    comp = compare_runs([pred], reference, names=["a"])
+    comp, errors = compare_runs([pred], reference, names=["a"])
+    assert errors == []
     assert "reusing" not in caplog.text and comp.summary("a", "dose_error")[2] == 3
 
 
@@ -182,8 +183,8 @@ def test_compare_names_mismatch_exits_2(capsys, reference, pred):
 @pytest.mark.parametrize("layout", ["flat", "nested"])
 def test_nifti_predictions(capsys, reference, openkbp_reference_dir, openkbp_dir, tmp_path, layout):
     from mddose.data.io import load_patient
-    from mddose.data.nifti import write_nifti_array
-    from mddose.data.openkbp import read_dose_csv
+    from mddose.data.formats.nifti import write_nifti_array
+    from mddose.data.formats.openkbp import read_dose_csv
     from mddose.data.patient import Patient
 
     d = tmp_path / "nii"
@@ -197,7 +198,7 @@ def test_nifti_predictions(capsys, reference, openkbp_reference_dir, openkbp_dir
         path = d / f"{pid}.nii.gz" if layout == "flat" else d / pid / "dose.nii.gz"
         write_nifti_array(dose, path, p)
     rc, out, _ = _run(capsys, "evaluate", "--reference", str(reference), "--prediction", str(d))
-    assert rc == 0
+    assert rc == 2  # pt_203 failed
     summary = json.loads((d / "evaluation" / "summary.json").read_text())
     expected = json.loads((openkbp_reference_dir / "expected_scores.json").read_text())["noisy"]
     assert summary["patients"] == ["pt_201", "pt_202"]
@@ -206,3 +207,75 @@ def test_nifti_predictions(capsys, reference, openkbp_reference_dir, openkbp_dir
                                                                         rel=1e-6)
     (err,) = summary["errors"]
     assert err["item"] == "pt_203" and "differs from the reference grid" in err["message"]
+
+
+# ------------------------------------------------------------------------ issue 11
+def test_existing_outputs_are_replaced_only_with_force(capsys, reference, pred, tmp_path):
+    """Issue 11: evaluate's outputs follow the rule of every output: an existing file needs --force."""
+    args = ["evaluate", "--reference", str(reference), "--prediction", str(pred)]
+    assert _run(capsys, *args)[0] == 0
+    summary = pred / "evaluation" / "summary.json"
+    summary.write_text("{}")  # marks the old file
+    rc, out, err = _run(capsys, *args)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "already exists" in err and "--force" in err
+    assert summary.read_text() == "{}" and "Dose score" not in out  # refused before any work
+    assert _run(capsys, *args, "--force")[0] == 0 and json.loads(summary.read_text())["patients"]
+    js, pp = tmp_path / "s.json", tmp_path / "p.csv"
+    pp.write_text("keep me")
+    rc, _, err = _run(capsys, *args, "--json", str(js), "--csv", str(pp))
+    assert rc == 2 and str(pp) in err and not js.exists() and pp.read_text() == "keep me"
+
+
+def test_compare_out_needs_force(capsys, reference, pred, tmp_path):
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "comparison.csv").write_text("old")
+    args = ["compare", str(pred), "--reference", str(reference), "--out", str(out)]
+    rc, _, err = _run(capsys, *args)
+    assert rc == 2 and "already exists" in err and (out / "comparison.csv").read_text() == "old"
+    assert _run(capsys, *args, "--force")[0] == 0 and "method" in (out / "comparison.csv").read_text()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "compare"])
+@pytest.mark.parametrize("exc", [RuntimeError("disk on fire"), ZeroDivisionError("division by zero"),
+                                 MemoryError("out of memory")])
+def test_any_failure_of_one_patient_is_reported_and_the_batch_goes_on(capsys, monkeypatch, reference, pred,
+                                                                       command, exc):
+    """Issue 11: any exception while reading or scoring one patient names the patient and its file, the
+    others are scored and written, and the exit status is 2."""
+    from mddose.evaluate import run
+
+    real = run.read_volume
+
+    def read_volume(path, patient):
+        if patient.id == "pt_202":
+            raise exc
+        return real(path, patient)
+
+    monkeypatch.setattr(run, "read_volume", read_volume)
+    if command == "evaluate":
+        rc, out, err = _run(capsys, "evaluate", "--reference", str(reference), "--prediction", str(pred))
+        summary = json.loads((pred / "evaluation" / "summary.json").read_text())
+        assert summary["patients"] == ["pt_201", "pt_203"]
+        (e,) = summary["errors"]
+        assert e["item"] == "pt_202" and str(pred / "pt_202.csv") in e["message"]
+        assert f"{type(exc).__name__}: {exc}" in e["message"]
+    else:
+        rc, out, err = _run(capsys, "compare", str(pred), "--names", "a", "--reference", str(reference))
+        assert "| a (reference) |" in out
+    assert rc == 2 and "Traceback" not in err
+    assert any(line.startswith("skipped") and "pt_202" in line and type(exc).__name__ in line
+               for line in out.splitlines())
+
+
+def test_reference_without_possible_dose_mask_is_named(capsys, openkbp_dir, pred, tmp_path):
+    ref = tmp_path / "ref"
+    (ref / "pt_201").mkdir(parents=True)
+    for f in (openkbp_dir / "validation-pats" / "pt_201").iterdir():
+        if f.name != "possible_dose_mask.csv":
+            (ref / "pt_201" / f.name).symlink_to(f)
+    (ref / "pt_202").symlink_to(openkbp_dir / "validation-pats" / "pt_202", target_is_directory=True)
+    rc, out, err = _run(capsys, "evaluate", "--reference", str(ref), "--prediction", str(pred))
+    assert rc == 2
+    line = next(x for x in out.splitlines() if x.startswith("skipped pt_201:"))
+    assert "no possible-dose mask" in line

@@ -60,7 +60,7 @@ def test_train_predict_evaluate(tmp_path, phantom_dir, model, overrides, capsys)
     assert main(["predict", "--checkpoint", str(ckpt), "--input", str(phantom_dir), "--out", str(pred),
                  "--format", "nifti", *extra]) == 0
     from mddose.data.io import load_patients
-    from mddose.data.nifti import read_nifti_array
+    from mddose.data.formats.nifti import read_nifti_array
     files = sorted(pred.glob("*.nii.gz"))
     assert len(files) == 1
     ref = load_patients(phantom_dir)[0][0]

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mddose.data import cache, io, openkbp
-from mddose.data.io import detect_format, find_problems, load_patient, load_patients, save_patient
+from mddose.data import cache, io
+from mddose.data.formats import openkbp
+from mddose.data.inspection import find_problems
+from mddose.data.io import detect_format, load_patient, load_patients, save_patient
 from mddose.errors import MddoseError
 from tests.data.test_openkbp import tiny_patient
 
@@ -20,8 +22,8 @@ def collection(tmp_path) -> Path:
     """pt_1, pt_2, pt_10 (good, OpenKBP/NIfTI) and pt_3 (broken) in one directory."""
     root = tmp_path / "pats"
     for i in (1, 2, 10):
-        save_patient(tiny_patient(seed=i), root / f"pt_{i}", "nifti" if i == 2 else "openkbp")
-    save_patient(tiny_patient(seed=3), root / "pt_3", "openkbp")
+        save_patient(tiny_patient(seed=i, id=f"pt_{i}"), root / f"pt_{i}", "nifti" if i == 2 else "openkbp")
+    save_patient(tiny_patient(seed=3, id="pt_3"), root / "pt_3", "openkbp")
     (root / "pt_3" / "voxel_dimensions.csv").unlink()
     return root
 
@@ -82,7 +84,7 @@ def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(openkbp, "write_openkbp_patient", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(MddoseError, match=r"/p: cannot write the patient \(disk full\)"):
         save_patient(tiny_patient(), tmp_path / "p", "openkbp")
     assert list(tmp_path.iterdir()) == []
 
@@ -169,11 +171,20 @@ def test_cache_off_and_nifti(tmp_path):
     np.testing.assert_array_equal(load_patient(d).dose, a.dose)
 
 
-def test_cache_dir_from_env(tmp_path, monkeypatch):
+def test_one_cache_root(tmp_path, monkeypatch, pt_dir):
+    """Patients, slices and compiled kernels all live under mddose.utils.config.cache_root()."""
+    from mddose.data.inputs.slice_cache import slices_root
+    from mddose.ops.scan_cpu import cache_dir as kernels_dir
+    from mddose.utils.config import cache_root
+
     monkeypatch.setenv("MDDOSE_CACHE_DIR", str(tmp_path / "c"))
-    assert cache.cache_root() == tmp_path / "c"
+    assert cache_root() == tmp_path / "c"
+    assert cache.entry_dir(pt_dir, "openkbp").parent == tmp_path / "c" / "patients"
+    assert slices_root() == tmp_path / "c" / "slices" and kernels_dir() == tmp_path / "c" / "kernels"
     monkeypatch.delenv("MDDOSE_CACHE_DIR")
-    assert cache.cache_root() == Path.home() / ".cache" / "mddose"
+    home = Path.home() / ".cache" / "mddose"
+    assert cache.entry_dir(pt_dir, "openkbp").parent == home / "patients"
+    assert slices_root() == home / "slices" and kernels_dir() == home / "kernels"
 
 
 def test_unwritable_cache_still_loads(pt_dir, tmp_path, monkeypatch):

@@ -9,11 +9,11 @@ import pytest
 
 nib = pytest.importorskip("nibabel")
 
-from mddose.data.nifti import (  # noqa: E402
+from mddose.data.formats.nifti import (  # noqa: E402
     affine_from_geometry, geometry_from_affine, read_nifti_array, read_nifti_patient, write_nifti_array,
     write_nifti_patient,
 )
-from mddose.data.openkbp import read_openkbp_patient  # noqa: E402
+from mddose.data.formats.openkbp import read_openkbp_patient  # noqa: E402
 from mddose.errors import MddoseError  # noqa: E402
 from tests.data.test_openkbp import tiny_patient  # noqa: E402
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mddose.data import openkbp
-from mddose.data.openkbp import (
+from mddose.data.formats import openkbp
+from mddose.data.formats.openkbp import (
     read_dose_csv, read_openkbp_patient, read_sparse_csv_fast, read_sparse_csv_ref, write_dose_csv,
     write_openkbp_patient,
 )
@@ -43,7 +43,7 @@ def _copy_patient(src: Path, dst: Path) -> Path:
     return dst
 
 
-def tiny_patient(shape=(12, 16, 20), seed=0, dose=True) -> Patient:
+def tiny_patient(shape=(12, 16, 20), seed=0, dose=True, id="tiny") -> Patient:
     rng = np.random.default_rng(seed)
     ct = rng.integers(-1000, 2000, size=shape).astype(np.float32)
     ct[0] = -1000.0  # air rows are not written (sparse)
@@ -53,7 +53,7 @@ def tiny_patient(shape=(12, 16, 20), seed=0, dose=True) -> Patient:
     masks = {"PTV": rng.random(shape) < 0.1, "Body": rng.random(shape) < 0.6, "Empty": np.zeros(shape, bool)}
     th = 0.2
     rot = np.array([[np.cos(th), -np.sin(th), 0], [np.sin(th), np.cos(th), 0], [0, 0, 1]])
-    return Patient(id="tiny", ct=ct, spacing=(2.5, 1.25, 1.5), masks=masks, dose=d,
+    return Patient(id=id, ct=ct, spacing=(2.5, 1.25, 1.5), masks=masks, dose=d,
                    possible_dose_mask=rng.random(shape) < 0.8, origin=(-10.5, 3.25, 100.0),
                    direction=rot, prescriptions={"PTV": 60.0})
 

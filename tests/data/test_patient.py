@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mddose.data.patient import Patient, prescription_map
+from mddose.data.patient import MAX_ID_LENGTH, Patient, is_safe_id, prescription_map, safe_id
 from mddose.errors import MddoseError
 
 
@@ -64,3 +64,34 @@ def test_affine_maps_index_to_lps():
     p = _patient(origin=(10.0, 20.0, 30.0))
     # index (x=1, y=2, z=3) → origin + (1*4, 2*3, 3*2)
     np.testing.assert_allclose(p.affine() @ [1, 2, 3, 1], [14.0, 26.0, 36.0, 1.0])
+
+
+# ---------------------------------------------------------------------------------------------- ids
+@pytest.mark.parametrize("pid", ["pt_1", "PT-01.b", "a" * MAX_ID_LENGTH, "_hidden_not", "0"])
+def test_safe_ids_accepted(pid):
+    assert is_safe_id(pid) and _patient(id=pid).id == pid
+
+
+@pytest.mark.parametrize("pid", ["", ".", "..", "../../x", "/etc/passwd", ".hidden", "a/b", "a\\b", "pt 1",
+                                 "a" * (MAX_ID_LENGTH + 1), "pt\n1", "caf\u00e9", "x\x00y", 7, None])
+def test_unsafe_ids_refused(pid):
+    assert not is_safe_id(pid)
+    with pytest.raises(MddoseError, match="not a safe file name"):
+        _patient(id=pid)
+
+
+def test_reassigned_unsafe_id_refused_by_validate_id():
+    p = _patient()
+    p.id = "../x"
+    with pytest.raises(MddoseError, match="not a safe file name"):
+        p.validate_id()
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("../../x", "___.._x"), ("/etc/passwd", "_etc_passwd"), ("pt 1", "pt_1"), (".hidden", "_hidden"),
+    ("pt_1", "pt_1"), ("a" * 300, "a" * MAX_ID_LENGTH), ("", ""), ("caf\u00e9", "caf_"),
+])
+def test_safe_id_conversion(raw, expected):
+    out = safe_id(raw)
+    assert out == expected
+    assert out == "" or is_safe_id(out)

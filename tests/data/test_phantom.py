@@ -117,7 +117,6 @@ def test_ptv_varies_across_seeds(phantoms):
 
 @pytest.mark.parametrize("fmt", ["nifti", "openkbp"])
 def test_write_phantoms_round_trip(tmp_path, fmt):
-    pytest.importorskip(f"mddose.data.{fmt}")
     from mddose.data.io import load_patient
 
     paths = write_phantoms(2, tmp_path / "out", seed=7, size=32, format=fmt)

@@ -11,9 +11,9 @@ import torch
 
 from mddose.data.patient import OPENKBP_OARS, Patient
 from mddose.data.phantom import PHANTOM_OARS, make_phantom
-from mddose.data.slices import (
+from mddose.data.inputs.slice_dataset import SliceDataset
+from mddose.data.inputs.slices import (
     SliceConfig,
-    SliceDataset,
     augment_pair,
     patient_to_slices,
     select_slices,
@@ -276,7 +276,7 @@ def test_left_right_flip_swaps_lung_channels(phantom):
 
 
 def test_cache_hit_for_patient_objects(cache_dir, phantom, monkeypatch):
-    import mddose.data.slice_cache as sc
+    import mddose.data.inputs.slice_cache as sc
 
     cfg = SliceConfig.for_phantoms(size=64)
     first = SliceDataset([phantom], cfg)
@@ -288,8 +288,8 @@ def test_cache_hit_for_patient_objects(cache_dir, phantom, monkeypatch):
     monkeypatch.setattr(sc, "patient_to_slices", boom)
     second = SliceDataset([phantom], cfg)
     np.testing.assert_array_equal(first.cond, second.cond)
-    # a different config is a different entry (must rebuild)
-    with pytest.raises(AssertionError, match="rebuilt"):
+    # a different config is a different entry (must rebuild; the failure is reported as the patient's)
+    with pytest.raises(MddoseError, match="phantom_0: AssertionError: rebuilt"):
         SliceDataset([phantom], SliceConfig.for_phantoms(size=32))
     # augmentation flags do not change the key
     SliceDataset([phantom], SliceConfig.for_phantoms(size=64, rot90=True))
@@ -310,7 +310,7 @@ def test_damaged_cache_entry_is_rebuilt(cache_dir, phantom, which):
 
 
 def test_dataset_entry_reuses_patient_entries(cache_dir, phantom, phantom2, monkeypatch):
-    import mddose.data.slice_cache as sc
+    import mddose.data.inputs.slice_cache as sc
 
     cfg = SliceConfig.for_phantoms(size=64)
     SliceDataset([phantom], cfg)
@@ -340,7 +340,7 @@ def test_bad_items_are_reported(cache_dir, phantom, tmp_path):
 # ---------------------------------------------------------------------------------------------- real data
 @pytest.fixture(scope="module")
 def real_patients(openkbp_dir):
-    io = pytest.importorskip("mddose.data.io")
+    from mddose.data import io
     return [io.load_patient(d, cache=False) for d in _openkbp_dirs(openkbp_dir, 2)]
 
 
@@ -384,7 +384,8 @@ def test_real_channels_and_missing(real_patients):
 
 
 def test_real_dataset_cache_hit_without_loading(openkbp_dir, cache_dir, monkeypatch):
-    io = pytest.importorskip("mddose.data.io")
+    import mddose.data.inputs.slice_cache as sc
+
     dirs = _openkbp_dirs(openkbp_dir, 2)
     cfg = SliceConfig()
     first = SliceDataset(dirs, cfg)
@@ -393,7 +394,7 @@ def test_real_dataset_cache_hit_without_loading(openkbp_dir, cache_dir, monkeypa
     def boom(*a, **k):
         raise AssertionError("patient loaded despite the slice cache")
 
-    monkeypatch.setattr(io, "load_patient", boom)
+    monkeypatch.setattr(sc, "load_patient", boom)
     second = SliceDataset(dirs, cfg)
     np.testing.assert_array_equal(first.cond, second.cond)
     np.testing.assert_array_equal(first.z, second.z)
@@ -402,7 +403,6 @@ def test_real_dataset_cache_hit_without_loading(openkbp_dir, cache_dir, monkeypa
 # ---------------------------------------------------------------------------------------------- benchmark
 @pytest.mark.slow
 def test_bench_dataset_on_phantoms(tmp_path, capsys):
-    pytest.importorskip("mddose.data.openkbp")
     from mddose.cli.main import main
     from mddose.data.phantom import write_phantoms
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,11 +11,11 @@ import torch.nn.functional as F
 
 from mddose.data.patient import OPENKBP_OARS, Patient
 from mddose.data.phantom import PHANTOM_OARS, make_phantom, write_phantoms
-from mddose.data.volume import (
+from mddose.data.inputs.resample import axis_weights
+from mddose.data.inputs.volume import (
     VolumeConfig,
     VolumeDataset,
     augment_volume,
-    axis_weights,
     patient_to_volume,
     rotate_axial,
     tta_predict,
@@ -24,7 +23,6 @@ from mddose.data.volume import (
 )
 from mddose.errors import MddoseError
 
-OPENKBP_PT1 = Path("/work/shared/openkbp/train-pats/pt_1")
 
 
 def _cube(seed: int = 0, size: int = 32) -> Patient:
@@ -127,11 +125,10 @@ def test_resampled_channels_are_fractions():
     assert abs(arr.mask.mean() - p.possible_dose_mask.mean()) < 0.02
 
 
-@pytest.mark.skipif(not OPENKBP_PT1.is_dir(), reason="shared OpenKBP data not found")
-def test_channels_openkbp():
+def test_channels_openkbp(openkbp_dir):
     from mddose.data.io import load_patient
 
-    p = load_patient(OPENKBP_PT1)
+    p = load_patient(openkbp_dir / "train-pats" / "pt_1")
     cfg = VolumeConfig()
     arr = patient_to_volume(p, cfg)
     assert arr.cond.shape == (9, 128, 128, 128)
@@ -294,12 +291,16 @@ def test_dataset_rejects_patient_without_dose(cube, tmp_path):
     cfg = VolumeConfig.for_phantoms(size=32)
     with pytest.raises(MddoseError, match="no_dose_pt"):
         VolumeDataset([cube, cube.with_dose(None, id="no_dose_pt")], cfg)
-    paths = write_phantoms(2, tmp_path / "pats", size=32)
+    paths = write_phantoms(3, tmp_path / "pats", size=32)
     (paths[1] / "dose.csv").unlink()
-    ds = VolumeDataset(paths[:1], cfg, progress=True)
-    assert ds.patient_ids == ["pt_1"] and ds.missing == {"pt_1": []}
-    with pytest.raises(MddoseError, match="pt_2"):
-        VolumeDataset(paths, cfg)
+    (paths[2] / "ct.csv").write_text("not a csv")
+    ds = VolumeDataset(paths, cfg, progress=True)  # directories that fail are skipped and listed
+    assert ds.patient_ids == ["pt_1"] and ds.missing == {"pt_1": []} and len(ds) == 1
+    assert ds.cond.shape[0] == ds.dose.shape[0] == ds.mask.shape[0] == 1
+    assert [b[0] for b in ds.bad] == [str(paths[1]), str(paths[2])]
+    assert "no dose" in ds.bad[0][1] and "ct.csv" in ds.bad[1][1]
+    with pytest.raises(MddoseError, match="no usable patient.*pt_2"):
+        VolumeDataset(paths[1:], cfg)
 
 
 # ---------------------------------------------------------------------------------------------- TTA

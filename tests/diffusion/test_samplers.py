@@ -9,10 +9,13 @@ plus sampling error) — a wrong coefficient anywhere moves either by far more.
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
-from mddose.diffusion import GaussianDiffusion, sample, timesteps
+import mddose.diffusion.samplers as samplers_module
+from mddose.diffusion import SAMPLERS, Denoiser, GaussianDiffusion, sample, timesteps
 from mddose.errors import MddoseError
 
 MU, S = 0.3, 0.15   # model space → data units: mean (MU+1)/2, std S/2
@@ -128,3 +131,81 @@ def test_v_prediction_loss_target():
     torch.testing.assert_close(eps_hat, noise, rtol=1e-4, atol=1e-4)
     with pytest.raises(MddoseError, match="prediction"):
         GaussianDiffusion(prediction="x1")
+
+
+# ---------------------------------------------------------------------------- the sampler table
+#: outputs of the samplers before they became a table (commit bb79062), seed 11, cond (1, 1, 4, 4), K = 2:
+#: the first three voxels of the mean and the sum of the std map (data units)
+GOLDEN = [(("ddpm", 7, 0.0, "eps"), [0.6375598, 0.620396, 0.6664621], 0.361158),
+          (("ddim", 6, 0.5, "eps"), [0.6461979, 0.6634361, 0.6098058], 0.479751),
+          (("ddim", 5, 0.0, "v"), [0.6442647, 0.705845, 0.6070722], 0.461135),
+          (("dpmpp2m", 5, 0.0, "eps"), [0.6418425, 0.7294297, 0.5889428], 0.655883),
+          (("dpmpp2m", 4, 0.0, "v"), [0.6429942, 0.7182163, 0.5975635], 0.563281)]
+
+
+@pytest.mark.parametrize("case,first,std_sum", GOLDEN)
+def test_outputs_unchanged_since_before_the_table(case, first, std_sum):
+    sampler, steps, eta, pred = case
+    d = GaussianDiffusion(prediction=pred)
+    model = (AnalyticV if pred == "v" else Analytic)(d)
+    mean, std = sample(model, d, torch.zeros(1, 1, 4, 4), sampler, steps=steps, eta=eta, samples=2,
+                       generator=torch.Generator().manual_seed(11))
+    torch.testing.assert_close(mean.flatten()[:3], torch.tensor(first), rtol=0, atol=2e-6)
+    assert abs(float(std.sum()) - std_sum) < 5e-6
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_sampler_has_the_one_signature(name):
+    fn = SAMPLERS[name]
+    assert fn is getattr(samplers_module, f"sample_{name}")
+    params = inspect.signature(fn).parameters
+    assert list(params)[:3] == ["model_fn", "x", "ts"]
+    assert all(params[p].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in ("model_fn", "x", "ts"))
+    assert params["generator"].kind is params["callback"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert params["generator"].default is None and params["callback"].default is None
+
+
+@pytest.mark.parametrize("name,eta", [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 0.8), ("dpmpp2m", 0.0)])
+def test_sampler_function_called_directly_equals_sample(name, eta):
+    """A table function run on a Denoiser gives what ``sample`` gives, and reports every step to the callback."""
+    d = GaussianDiffusion()
+    cond = torch.zeros(2, 1, 8, 8)
+    ts = timesteps(d, 6)
+    mean, _ = sample(Analytic(d), d, cond, name, steps=6, eta=eta, generator=torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn((2, 1, 8, 8), generator=g)
+    seen = []
+    opts = {"eta": eta} if name == "ddim" else {}
+    out = SAMPLERS[name](Denoiser(Analytic(d), d, cond), x, ts, generator=g, callback=seen.append, **opts)
+    assert torch.equal(d.to_data(out.clamp(-1, 1)), mean)
+    assert [s["i"] for s in seen] == list(range(6)) and [s["t"] for s in seen] == ts
+    assert all(s["x"].shape == s["x0"].shape == (2, 1, 8, 8) for s in seen)
+    assert torch.equal(seen[-1]["x"], out) and seen[-1]["x0"].abs().max() <= 1
+
+
+def test_sample_passes_the_callback_and_progress_does_not_change_results():
+    d = GaussianDiffusion()
+    cond = torch.zeros(1, 1, 8, 8)
+    seen = []
+    a = sample(Analytic(d), d, cond, "dpmpp2m", steps=5, generator=torch.Generator().manual_seed(0),
+               callback=lambda info: seen.append(info["t"]))
+    b = sample(Analytic(d), d, cond, "dpmpp2m", steps=5, generator=torch.Generator().manual_seed(0), progress=True)
+    assert seen == timesteps(d, 5) and torch.equal(a[0], b[0])
+
+
+def test_a_new_sampler_is_one_function(monkeypatch):
+    """Registering a function in SAMPLERS is all it takes: here x̂0-only (DDIM η = 0 written another way)."""
+
+    def sample_x0_ddim(model_fn, x, ts, *, generator=None, callback=None):
+        for i, t in enumerate(ts):
+            x0, eps = model_fn(x, t)
+            ab_next = model_fn.alpha_bar(ts[i + 1]) if i + 1 < len(ts) else 1.0
+            x = ab_next ** 0.5 * x0 + (1 - ab_next) ** 0.5 * eps
+        return x
+
+    monkeypatch.setitem(SAMPLERS, "x0-ddim", sample_x0_ddim)
+    d = GaussianDiffusion()
+    cond = torch.zeros(1, 2, 16, 16)
+    a, _ = sample(Analytic(d), d, cond, "x0-ddim", steps=8, eta=0.3, generator=torch.Generator().manual_seed(6))
+    b, _ = sample(Analytic(d), d, cond, "ddim", steps=8, generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -72,3 +72,13 @@ def test_loss_generator_reproducible():
     a = d.loss(f, x0, x0, generator=torch.Generator().manual_seed(3))
     b = d.loss(f, x0, x0, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("d,match", [({"num_timesteps": 10, "betas": 1}, r"unknown key\(s\) diffusion\.betas"),
+                                     ([], "must be a JSON object"), ({"prediction": "x0"}, "prediction must be"),
+                                     ({"beta_start": "a"}, "bad diffusion config")])
+def test_from_dict_refuses_bad_configs_in_one_line(d, match):
+    with pytest.raises(MddoseError, match=match) as e:
+        GaussianDiffusion.from_dict(d, "ckpt/config.json")
+    assert str(e.value).startswith("ckpt/config.json: ")
+    assert GaussianDiffusion.from_dict(GaussianDiffusion(prediction="v").to_dict()).prediction == "v"

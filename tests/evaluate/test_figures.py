@@ -1,4 +1,5 @@
-"""Figures of mddose.evaluate.figures: files, shared colour scales, DVH values, viewer frames."""
+"""Figures of mddose.evaluate.figures (files, shared colour scales, DVH values) and the report's viewer frames
+(mddose.evaluate.report.frames)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from mddose.data.patient import Patient
 from mddose.errors import MddoseError
 from mddose.evaluate import figures as F
+from mddose.evaluate.report import frames as V
 
 
 def make_patient(pid: str = "pt_1", shape=(16, 48, 48), seed: int = 0, with_dose: bool = True) -> Patient:
@@ -123,15 +125,6 @@ def test_default_slices_fallbacks():
 
 
 # ---------------------------------------------------------------------------------------------- Fig. 3
-def test_cumulative_dvh_matches_numpy(rng):
-    dose = rng.gamma(2.0, 10.0, size=(10, 12, 14)).astype(np.float32)
-    mask = rng.random(dose.shape) < 0.3
-    bins = np.linspace(0, float(dose.max()) * 1.1, 77)
-    expected = (dose[mask][:, None] >= bins[None, :]).mean(axis=0)
-    np.testing.assert_allclose(F.cumulative_dvh(dose, mask, bins), expected, atol=1e-12)
-    assert np.all(np.isnan(F.cumulative_dvh(dose, np.zeros_like(mask), bins)))
-
-
 def test_dvh_figure_curves_and_styles(patient, tmp_path):
     import matplotlib.image as mpimg
 
@@ -168,7 +161,7 @@ def test_viewer_panels_composite(patient):
     ct2d = patient.ct[8]
     dose2d = patient.dose[8]
     err2d = make_prediction(patient)[8] - dose2d
-    rgb = F.viewer_panels(ct2d, [(dose2d, F.DOSE_CMAP, 0.0, 60.0), (err2d, F.ERROR_CMAP, -10.0, 10.0),
+    rgb = V.viewer_panels(ct2d, [(dose2d, F.DOSE_CMAP, 0.0, 60.0), (err2d, F.ERROR_CMAP, -10.0, 10.0),
                                  (None, "magma", 0.0, 1.0)], gap=2)
     h, w = ct2d.shape
     assert rgb.shape == (h, 3 * w + 2 * 2, 3) and rgb.dtype == np.uint8
@@ -187,12 +180,12 @@ def test_encode_image_data_uri(fmt, mime):
     from PIL import Image
 
     rgb = (np.random.default_rng(1).random((20, 30, 3)) * 255).astype(np.uint8)
-    uri = F.encode_image(rgb, fmt=fmt)
+    uri = V.encode_image(rgb, fmt=fmt)
     head, data = uri.split(",", 1)
     assert head == f"data:{mime};base64"
     assert Image.open(io.BytesIO(base64.b64decode(data))).size == (30, 20)
     with pytest.raises(MddoseError):
-        F.encode_image(rgb, fmt="gif")
+        V.encode_image(rgb, fmt="gif")
 
 
 def test_viewer_panels_show_mask_and_outline_flags():
@@ -202,7 +195,7 @@ def test_viewer_panels_show_mask_and_outline_flags():
     show[2:4, 1:3] = True
     outline = np.zeros((6, 5), dtype=bool)
     outline[0, 0] = True
-    rgb = F.viewer_panels(ct2d, [(values, F.ERROR_CMAP, -1.0, 1.0, show), (None, "magma", 0.0, 1.0)],
+    rgb = V.viewer_panels(ct2d, [(values, F.ERROR_CMAP, -1.0, 1.0, show), (None, "magma", 0.0, 1.0)],
                           outline=outline, outline_panels=[False, True], gap=1)
     grey = int(0.5 * 255 + 0.5)
     left, right = rgb[:, :5].astype(int), rgb[:, 6:].astype(int)
@@ -216,7 +209,7 @@ def test_viewer_frames_panels_and_crop(patient):
 
     p = patient
     pred = make_prediction(p)
-    fr = F.viewer_frames(p, pred, np.abs(pred - p.dose), max_px=96)
+    fr = V.viewer_frames(p, pred, np.abs(pred - p.dose), max_px=96)
     assert [x[0] for x in fr["panels"]] == ["Prediction", "Ground truth", "Error (prediction − GT)",
                                             "Uncertainty (σ)"]
     lo, hi = fr["panels"][2][2:4]

@@ -82,17 +82,37 @@ def test_fast_path_equals_reference(rng, max_gamma):
     assert 0 < pass_rate(g1) < 1
 
 
+def _pymedphys_gamma(pymedphys, ref, ev):
+    """pymedphys' 3%/3mm gamma of ``ev`` against ``ref``; skips the test only when pymedphys lacks an
+    optional package (ImportError): any other exception is a failure, never a skip."""
+    axes = tuple(np.arange(n) * s for n, s in zip(ref.shape, SPACING))
+    try:
+        return pymedphys.gamma(axes, ref, axes, ev, 3, 3, lower_percent_dose_cutoff=10, interp_fraction=10,
+                               max_gamma=2, interp_algo="scipy", quiet=True)
+    except ImportError as exc:
+        pytest.skip(f"pymedphys gamma needs a missing package: {exc}")
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_agrees_with_pymedphys(rng):
     pymedphys = pytest.importorskip("pymedphys")
     ref = _blob((16, 18, 20), width=8.0)
     ev = np.clip(_shift_z(ref, 1) * 1.03 + rng.normal(0, 0.6, ref.shape), 0, None)
-    axes = tuple(np.arange(n) * s for n, s in zip(ref.shape, SPACING))
-    try:
-        gp = pymedphys.gamma(axes, ref, axes, ev, 3, 3, lower_percent_dose_cutoff=10, interp_fraction=10,
-                             max_gamma=2, interp_algo="scipy", quiet=True)
-    except Exception as exc:  # noqa: BLE001 - optional dependency problems
-        pytest.skip(f"pymedphys gamma unavailable: {exc}")
+    gp = _pymedphys_gamma(pymedphys, ref, ev)
     theirs = np.mean(gp[~np.isnan(gp)] <= 1)
     ours = gamma_pass_rate(ref, ev, SPACING, step_mm=0.3)
     assert abs(ours - theirs) < 0.02
+
+
+@pytest.mark.parametrize("exc, skips", [(ImportError("no module named 'numba'"), True),
+                                        (RuntimeError("broken interpolation"), False),
+                                        (ValueError("bad axes"), False)])
+def test_pymedphys_cross_check_skips_only_on_import_error(exc, skips):
+    """Issue 11: the cross-check skipped on any exception, so a pymedphys failure passed unnoticed."""
+    def gamma(*args, **kwargs):
+        raise exc
+
+    fake = type("FakePymedphys", (), {"gamma": staticmethod(gamma)})
+    ref = _blob((4, 4, 4))
+    with pytest.raises(pytest.skip.Exception if skips else type(exc)):
+        _pymedphys_gamma(fake, ref, ref)

@@ -17,6 +17,26 @@ def test_cumulative_dvh_counts(rng):
     np.testing.assert_allclose(dvh.cumulative_dvh(d, bins), expected)
 
 
+def test_cumulative_dvh_matches_numpy(rng):
+    dose = rng.gamma(2.0, 10.0, size=(10, 12, 14)).astype(np.float32)
+    mask = rng.random(dose.shape) < 0.3
+    bins = np.linspace(0, float(dose.max()) * 1.1, 77)
+    expected = (dose[mask][:, None] >= bins[None, :]).mean(axis=0)
+    np.testing.assert_allclose(dvh.cumulative_dvh(dose[mask], bins), expected, atol=1e-12)
+
+
+def test_cumulative_dvh_of_an_empty_roi_is_refused():
+    """Issue 11: the two DVH functions disagreed on an empty ROI (zeros vs NaN); the one left refuses it,
+    as D_x and V_d do, and the figures and dvh_curves leave empty ROIs out."""
+    from mddose.evaluate import figures
+
+    assert figures.cumulative_dvh is dvh.cumulative_dvh  # one implementation
+    with pytest.raises(ValueError, match="empty ROI"):
+        dvh.cumulative_dvh(np.zeros(0), np.linspace(0, 10, 5))
+    with pytest.raises(ValueError, match="empty ROI"):
+        dvh.volume_at_dose(np.zeros(0), 5.0)
+
+
 def test_dvh_curves_per_roi(rng):
     dose = rng.uniform(0, 60, (4, 5, 6)).astype(np.float32)
     a = np.zeros(dose.shape, bool)

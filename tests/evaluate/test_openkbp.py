@@ -63,7 +63,7 @@ def test_missing_patients_listed(results, openkbp_dir):
 def test_float32_arrays_agree_closely(results, openkbp_dir, openkbp_reference_dir):
     """The contract's float32 doses (no float64 re-read) give the same scores to ~1e-7."""
     from mddose.data.io import load_patient
-    from mddose.data.openkbp import read_dose_csv
+    from mddose.data.formats.openkbp import read_dose_csv
 
     p = load_patient(openkbp_dir / "validation-pats" / "pt_201")
     pred = read_dose_csv(openkbp_reference_dir / "predictions-noisy" / "pt_201.csv", p.shape)
@@ -72,6 +72,29 @@ def test_float32_arrays_agree_closely(results, openkbp_dir, openkbp_reference_di
     assert _close(err, rec.dose_error, rel=1e-6)
     for k, v in rec.dvh_prediction.items():
         assert (v is None and prd[k] is None) or _close(prd[k], v, rel=1e-6)
+
+
+def test_reference_without_possible_dose_mask_is_refused(tmp_path, openkbp_dir, openkbp_reference_dir):
+    """Issue 11: without possible_dose_mask.csv the patient was scored over the whole grid (a far too small
+    dose error); now it is refused by name, and the patient with its mask is scored as before."""
+    ref = tmp_path / "ref"
+    src = openkbp_dir / "validation-pats" / "pt_201"
+    (ref / "pt_201").mkdir(parents=True)
+    for f in src.iterdir():
+        if f.name != "possible_dose_mask.csv":
+            (ref / "pt_201" / f.name).symlink_to(f)
+    (ref / "pt_202").symlink_to(openkbp_dir / "validation-pats" / "pt_202", target_is_directory=True)
+    res = evaluate_predictions(ref, openkbp_reference_dir / "predictions-noisy")
+    assert res.patients == ["pt_202"]
+    (item, msg), = res.errors
+    assert item == "pt_201" and "possible-dose mask" in msg and "not scored" in msg and str(ref / "pt_201") in msg
+    assert "patients without a possible-dose mask are refused" in res.summary()["dose_error_definition"]
+
+
+def test_score_patient_requires_a_possible_dose_mask(rng):
+    ref = rng.uniform(0, 70, (4, 5, 6))
+    with pytest.raises(ValueError, match="possible-dose mask"):
+        openkbp.score_patient(ref, ref * 0.9, {}, None, (2.0, 2.0, 2.0), {})
 
 
 # ------------------------------------------------------------------------ hand-made cases

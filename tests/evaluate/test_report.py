@@ -33,10 +33,11 @@ def fake_io(monkeypatch, patients):
 
     def load_patients(path, format=None, *, cache=True, progress=False):
         calls.append(Path(path))
-        return list(patients), [(str(Path(path) / "pt_bad"), "ct.csv missing")]
+        return list(patients), [(str(Path(path) / b), "ct.csv missing") for b in mod.bad]
 
     mod.load_patients = load_patients
     mod.calls = calls
+    mod.bad = []  # names of reference patients that "cannot be read"
     monkeypatch.setitem(sys.modules, "mddose.data.io", mod)
     import mddose.data
 
@@ -74,7 +75,9 @@ def _frames(html: str) -> list[dict]:
 # ---------------------------------------------------------------------------------------------- library
 def test_build_report_is_self_contained(tmp_path, patients):
     preds = {p.id: make_prediction(p) for p in patients}
-    out = R.build_report(patients, preds, tmp_path / "r.html", figures_dir=tmp_path / "figs")
+    rep = R.build_report(patients, preds, tmp_path / "r.html", figures_dir=tmp_path / "figs")
+    out = rep.path
+    assert rep.failures == []
     text = out.read_text(encoding="utf-8")
     assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", text)  # nothing external
@@ -96,7 +99,7 @@ def test_build_report_is_self_contained(tmp_path, patients):
 
 def test_build_report_computes_full_scores(tmp_path, patients):
     preds = {p.id: make_prediction(p) for p in patients}
-    text = R.build_report(patients, preds, tmp_path / "r.html").read_text(encoding="utf-8")
+    text = R.build_report(patients, preds, tmp_path / "r.html").path.read_text(encoding="utf-8")
     # OpenKBP dose error: Σ|ref − pred| over the grid ÷ voxels in the possible-dose mask; score = mean
     errors = [float(np.abs(p.dose.astype(np.float64) - preds[p.id]).sum() / p.possible_dose_mask.sum())
               for p in patients]
@@ -109,7 +112,7 @@ def test_build_report_computes_full_scores(tmp_path, patients):
 
 def test_build_report_computes_minimal_scores(tmp_path, patients):
     preds = {p.id: make_prediction(p) for p in patients}
-    out = R.build_report(patients, preds, tmp_path / "r.html", full_scores=False)
+    out = R.build_report(patients, preds, tmp_path / "r.html", full_scores=False).path
     text = out.read_text(encoding="utf-8")
     maes = [float(np.abs(preds[p.id] - p.dose)[p.possible_dose_mask].mean()) for p in patients]
     assert f"{np.mean(maes):.3f}" in text  # dose score card = mean MAE in the possible-dose mask
@@ -122,7 +125,7 @@ def test_build_report_computes_minimal_scores(tmp_path, patients):
 
 def test_build_report_refuses_overwrite_and_empty(tmp_path, patients):
     preds = {patients[0].id: make_prediction(patients[0])}
-    out = R.build_report(patients, preds, tmp_path / "r.html")
+    out = R.build_report(patients, preds, tmp_path / "r.html").path
     with pytest.raises(MddoseError, match="exists"):
         R.build_report(patients, preds, out)
     R.build_report(patients, preds, out, force=True, max_patients=1)
@@ -133,55 +136,18 @@ def test_build_report_refuses_overwrite_and_empty(tmp_path, patients):
 def test_report_without_reference_dose(tmp_path):
     p = make_patient("pt_5", with_dose=False)
     pred = make_prediction(make_patient("pt_5"))
-    text = R.build_report([p], {"pt_5": pred}, tmp_path / "r.html").read_text()
+    text = R.build_report([p], {"pt_5": pred}, tmp_path / "r.html").path.read_text()
     assert "No reference dose" in text and len(_frames(text)) == 1
 
 
 # ---------------------------------------------------------------------------------------------- run dirs
-def test_find_predictions_layouts(tmp_path):
-    run = tmp_path / "run"
-    (run / "predictions").mkdir(parents=True)
-    (run / "uncertainty").mkdir()
-    (run / "pt_10.csv").write_text(",data\n5,1.5\n")
-    (run / "pt_2.nii.gz").write_bytes(b"")
-    (run / "predictions" / "pt_3.npy").write_bytes(b"")
-    (run / "uncertainty" / "pt_2.npy").write_bytes(b"")
-    (run / "per_patient.csv").write_text("patient,x\npt_1,1\n")
-    (run / "pt_7").mkdir()
-    (run / "pt_7" / "RTDOSE.dcm").write_bytes(b"")
-    found = R.find_predictions(run)
-    assert list(found) == ["pt_2", "pt_3", "pt_7", "pt_10"]
-    assert found["pt_3"] == run / "predictions" / "pt_3.npy"
-
-
-@pytest.mark.parametrize("rel", ["uncertainty/pt_1.csv", "uncertainty/pt_1.nii.gz", "uncertainty/pt_1_std.npy",
-                                 "std/pt_1.npy", "pt_1_uncertainty.nii.gz", "uncertainty/pt_1/std.npy"])
-def test_find_uncertainty_is_tolerant(tmp_path, rel):
-    (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-    (tmp_path / rel).write_bytes(b"")
-    assert R.find_uncertainty(tmp_path, "pt_1") == tmp_path / rel
-    assert R.find_uncertainty(tmp_path, "pt_2") is None
-
-
-@pytest.mark.parametrize("bad", ["shape", "negative", "nan"])
-def test_read_volume_rejects_bad_arrays(tmp_path, bad):
-    arr = np.ones((4, 5, 6), dtype=np.float32)
-    if bad == "shape":
-        arr = arr[:-1]
-    elif bad == "negative":
-        arr[0, 0, 0] = -1
-    else:
-        arr[0, 0, 0] = np.nan
-    np.save(tmp_path / "pt_1.npy", arr)
-    with pytest.raises(MddoseError, match="pt_1.npy"):
-        R.read_volume(tmp_path / "pt_1.npy", (4, 5, 6))
-
-
 def test_report_run_uses_evaluation_and_uncertainty(tmp_path, patients, fake_io):
     run = _run_dir(tmp_path, patients, evaluation=True)
-    out = R.report_run(run, tmp_path / "data")
-    assert out == run / "report.html" and fake_io.calls == [tmp_path / "data"]
-    text = out.read_text(encoding="utf-8")
+    fake_io.bad = ["pt_bad"]
+    rep = R.report_run(run, tmp_path / "data")
+    assert rep.path == run / "report.html" and fake_io.calls == [tmp_path / "data"]
+    assert rep.failures == [(str(tmp_path / "data" / "pt_bad"), "ct.csv missing")]
+    text = rep.path.read_text(encoding="utf-8")
     assert "1.234" in text and "2.346" in text and "stats.dose_score_std" in text  # summary.json
     assert "3.250" in text and "5.250" in text  # per_patient.csv rows
     assert "scores computed by the report" not in text
@@ -196,30 +162,23 @@ def test_report_run_notes_stale_evaluation_and_bad_uncertainty(tmp_path, patient
     np.save(run / "uncertainty" / "pt_1.npy", np.ones((2, 2, 2), np.float32))  # wrong grid
     for f in (run / "evaluation").iterdir():
         os.utime(f, (1_000_000, 1_000_000))
-    text = R.report_run(run, tmp_path / "data").read_text(encoding="utf-8")
+    rep = R.report_run(run, tmp_path / "data")
+    text = rep.path.read_text(encoding="utf-8")
     assert "older than the newest prediction" in text
     assert "uncertainty of pt_1 left out" in text and "<span>Uncertainty (σ)</span>" not in text
+    (item, msg), = rep.failures  # a broken uncertainty map is a failed item
+    assert item == "pt_1" and "uncertainty" in msg and "differs from the reference grid" in msg
     assert len(_frames(text)) == len(patients)  # the patient itself is still reported
 
 
 def test_report_run_csv_predictions(tmp_path, patients, fake_io):
-    openkbp = pytest.importorskip("mddose.data.openkbp")
+    from mddose.data.formats.openkbp import write_dose_csv
+
     run = tmp_path / "run"
     run.mkdir()
     p = patients[2]
-    openkbp.write_dose_csv(make_prediction(p), run / f"{p.id}.csv")
-    out = R.report_run(run, tmp_path / "data", tmp_path / "x.html")
-    assert len(_frames(out.read_text())) == 1
-
-
-def test_report_run_rtdose_predictions(tmp_path, patients, fake_io):
-    dicom = pytest.importorskip("mddose.data.dicom")
-    p = next(q for q in patients if q.id == "pt_1")
-    pred = make_prediction(p)
-    dicom.write_rtdose(pred, p, tmp_path / "run" / "pt_1" / "RTDOSE.dcm")
-    vol = R.read_volume(tmp_path / "run" / "pt_1" / "RTDOSE.dcm", p.shape, p)
-    np.testing.assert_allclose(vol, pred, atol=1e-3 * float(pred.max()))
-    out = R.report_run(tmp_path / "run", tmp_path / "data")
+    write_dose_csv(make_prediction(p), run / f"{p.id}.csv")
+    out = R.report_run(run, tmp_path / "data", tmp_path / "x.html").path
     assert len(_frames(out.read_text())) == 1
 
 
@@ -234,6 +193,61 @@ def test_cli_report(tmp_path, patients, fake_io, capsys):
                  "--max-patients", "1"]) == 0
 
 
+def test_page_css_and_script_are_package_files(tmp_path, patients):
+    """The report's HTML skeleton, CSS and JavaScript are package files (not Python strings), inlined."""
+    from importlib import resources
+
+    from mddose.evaluate.report import page
+
+    files = resources.files("mddose.evaluate.report")
+    for name in ("page.html", "report.css", "viewer.js"):
+        assert files.joinpath(name).is_file()
+    text = R.build_report(patients[:1], {patients[0].id: make_prediction(patients[0])},
+                          tmp_path / "r.html").path.read_text(encoding="utf-8")
+    assert page.asset("report.css").strip() in text and page.asset("viewer.js").strip() in text
+    assert "${" not in text  # every placeholder of page.html filled
+
+
+@pytest.mark.parametrize("where", ["prediction", "section", "reference"])
+def test_report_goes_on_after_any_failure(tmp_path, patients, fake_io, monkeypatch, capsys, where):
+    """Issue 11: whatever fails for one patient (any exception) is named, the others are reported, exit 2."""
+    from mddose.evaluate.report import build
+
+    run = _run_dir(tmp_path, patients)
+    if where == "prediction":
+        real = build.read_volume
+
+        def read_volume(path, patient):
+            if patient.id == "pt_2" and path.parent == run:
+                raise RuntimeError("disk on fire")
+            return real(path, patient)
+
+        monkeypatch.setattr(build, "read_volume", read_volume)
+    elif where == "section":
+        real = build.patient_html
+
+        def patient_html(i, patient, *args):
+            if patient.id == "pt_2":
+                raise ZeroDivisionError("division by zero")
+            return real(i, patient, *args)
+
+        monkeypatch.setattr(build, "patient_html", patient_html)
+    else:
+        fake_io.bad = ["pt_bad"]
+    out = tmp_path / "r.html"
+    assert main(["report", str(run), "--reference", str(tmp_path / "data"), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "item(s) failed" in captured.err.splitlines()[-1]
+    text = out.read_text(encoding="utf-8")
+    failed = {"prediction": "pt_2", "section": "pt_2", "reference": "pt_bad"}[where]
+    expected = {"prediction": "RuntimeError: disk on fire", "section": "ZeroDivisionError: division by zero",
+                "reference": "ct.csv missing"}[where]
+    assert any(failed in line and expected in line for line in captured.out.splitlines())
+    assert expected in text
+    shown = {"prediction": 2, "section": 2, "reference": 3}[where]
+    assert len(_frames(text)) == shown
+
+
 @pytest.mark.parametrize("case", ["missing", "empty", "no-reference"])
 def test_cli_report_errors(tmp_path, patients, fake_io, capsys, case):
     run = tmp_path / "run"
@@ -246,12 +260,11 @@ def test_cli_report_errors(tmp_path, patients, fake_io, capsys, case):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mddose: error:") and len(err.splitlines()) == 1
-    assert {"missing": "not found", "empty": "no predictions", "no-reference": "--reference"}[case] in err
+    assert {"missing": "no such prediction directory", "empty": "no predictions", "no-reference": "--reference"}[case] in err
 
 
 def test_report_on_openkbp_reference_scores(tmp_path, openkbp_dir, openkbp_reference_dir):
     """Real data: the report's dose score equals the official OpenKBP evaluator's for one patient."""
-    pytest.importorskip("mddose.data.io")
     expected = json.loads((openkbp_reference_dir / "expected_scores.json").read_text())["noisy"]
     ref = tmp_path / "ref"
     ref.mkdir()
@@ -267,35 +280,15 @@ def test_report_on_openkbp_reference_scores(tmp_path, openkbp_dir, openkbp_refer
 
 
 # ---------------------------------------------------------------------------------------------- browser
-def _chromium() -> tuple[str, str]:
-    browser = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
-                   None)
-    driver = shutil.which("chromedriver")
-    if browser is None or driver is None:
-        pytest.skip("headless Chromium test needs `chromium` and `chromedriver` on PATH "
-                    "(Debian: apt-get install chromium chromium-driver)")
-    return browser, driver
-
-
 @pytest.mark.browser
 def test_report_in_headless_chromium(tmp_path, patients):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="browser test needs selenium (pip install selenium)")
-    from selenium.webdriver.chrome.service import Service
+    from tests.browser import chrome
 
-    browser, driver_path = _chromium()
     preds = {p.id: make_prediction(p) for p in patients[1:]}
     unc = {"pt_1": np.abs(preds["pt_1"] - patients[2].dose) / 2}
-    out = R.build_report(patients, preds, tmp_path / "report.html", uncertainties=unc)
+    out = R.build_report(patients, preds, tmp_path / "report.html", uncertainties=unc).path
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,1400", f"--user-data-dir={tmp_path / 'profile'}"):
-        opts.add_argument(flag)
-    drv = webdriver.Chrome(service=Service(driver_path), options=opts)
-    try:
-        drv.set_page_load_timeout(60)
+    with chrome(tmp_path / "profile") as drv:
         drv.get(out.resolve().as_uri())
         img_src = "return document.querySelector('#viewer-0 img.frame').src"
         before = drv.execute_script(img_src)
@@ -315,8 +308,6 @@ def test_report_in_headless_chromium(tmp_path, patients):
         drv.execute_script("document.querySelector('#viewer-0').scrollIntoView()")
         shot = tmp_path / "screenshot.png"
         assert drv.save_screenshot(str(shot))
-    finally:
-        drv.quit()
     from PIL import Image
 
     assert shot.stat().st_size > 10_000

@@ -32,10 +32,10 @@ def tiny():
 
 def test_paper_count_splits_as_the_spec():
     model = _meta("paper")
-    assert round(_count(model) / 1e6, 2) == 32.35
-    # the spec's split: A ≈ 6.47 M (U-Net A + head A), B ≈ 25.88 M (U-Net B + head B)
-    assert round((_count(model.net_a) + _count(model.head_a)) / 1e6, 2) == 6.47
-    assert round((_count(model.net_b) + _count(model.head_b)) / 1e6, 2) == 25.88
+    # the spec's split: A ≈ 6.47 M (U-Net A + head A), B ≈ 25.88 M (U-Net B + head B); exact counts here
+    assert _count(model.net_a) + _count(model.head_a) == 6_471_713
+    assert _count(model.net_b) + _count(model.head_b) == 25_882_689
+    assert _count(model) == 6_471_713 + 25_882_689
 
 
 # 2. layout against the spec ---------------------------------------------------------------------------------

@@ -33,10 +33,8 @@ IDS = ["-".join([n, p, *map(str, o.values())]) for n, p, o in CASES]
 
 
 def _fast_scan() -> bool:
-    try:
-        from mddose.ops.scan import resolve_backend
-    except ImportError:
-        return False
+    from mddose.ops.scan import resolve_backend
+
     return resolve_backend(torch.zeros(1, 2, 4), torch.zeros(2, 3)) != "ref"
 
 
@@ -121,3 +119,19 @@ def test_models_json_fields_of_the_compared_methods(capsys):
         assert (r["kind"], r["dims"], r["fidelity"]) == (kind, dims, fidelity)
     assert rows[("md-dose", "paper")]["structure_encoders"] == ["mamba", "none", "conv", "transformer"]
     assert "structure_encoders" not in rows[("c3d", "paper")]
+
+
+def test_module_docstring_example_runs(monkeypatch):
+    """The usage example of mddose.models.registry runs as written (on a copy of the registry)."""
+    import doctest
+
+    from mddose.models import registry
+
+    available_models()  # load every architecture first, so that the copies below hold them
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_NAME_OF", dict(registry._NAME_OF))
+    finder = doctest.DocTestFinder(recurse=False)
+    tests = finder.find(registry, globs=vars(registry).copy())
+    assert tests and len(tests[0].examples) >= 8
+    result = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS).run(tests[0])
+    assert result.failed == 0 and result.attempted >= 8

@@ -1,8 +1,14 @@
-"""Selective scan: reference (gradcheck), fast CPU kernel vs reference, validation, dispatch, fallback."""
+"""Selective scan: reference (gradcheck), fast CPU kernel vs reference, validation, dispatch, fallback.
+
+Every test of the fast path first checks that the compiled kernel is really loaded (:func:`require_kernel`):
+a failed build would otherwise make it compare the reference with itself. Without a C compiler such a test
+fails, unless ``MDDOSE_NO_COMPILER=1`` says that none is expected (then it is skipped).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
@@ -12,6 +18,20 @@ from mddose.ops import scan_cpu, selective_scan, selective_scan_ref
 from mddose.utils import log as log_mod
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+#: set to 1 where no C compiler is expected: the fast-path tests are then skipped instead of failing
+NO_COMPILER_ENV = "MDDOSE_NO_COMPILER"
+
+
+def require_kernel(dtype: torch.dtype = torch.float32):
+    """The loaded kernel library for ``dtype``; fails the test if it cannot be built (skips it when
+    ``$MDDOSE_NO_COMPILER`` is set), so that a fast-path test never silently runs the reference."""
+    lib = scan_cpu.load_kernel(dtype)
+    if lib is None:
+        msg = f"the CPU selective-scan kernel ({dtype}) could not be built (see the warning logged above)"
+        if os.environ.get(NO_COMPILER_ENV, "").strip() not in ("", "0"):
+            pytest.skip(f"{msg}; {NO_COMPILER_ENV} is set")
+        pytest.fail(f"{msg}; set {NO_COMPILER_ENV}=1 where no C compiler is expected", pytrace=False)
+    return lib
 
 
 def make_inputs(b=2, d=4, seqlen=16, n=8, groups=None, *, use_d=True, use_z=True, use_bias=True,
@@ -36,6 +56,9 @@ def run_with_grads(inputs: dict, backend: str, softplus: bool, **kw):
 
     Returns a dict: "out", "last" and "d<name>" for each tensor input.
     """
+    if backend in ("cpu", "cpu_chunk"):
+        require_kernel(inputs["u"].dtype)
+        assert scan_mod.resolve_backend(inputs["u"], inputs["A"], "cpu") == "cpu"
     leaves = {k: (None if v is None else v.clone().requires_grad_()) for k, v in inputs.items()}
     if backend == "cpu_chunk":
         out, last = scan_cpu.selective_scan_cpu(*leaves.values(), delta_softplus=softplus,
@@ -128,6 +151,8 @@ def test_large_delta_times_a_is_stable(softplus):
 
 @pytest.mark.parametrize("backend", ["cpu", "ref"])
 def test_return_last_state_contract(backend):
+    if backend == "cpu":
+        require_kernel()
     inputs = make_inputs(2, 3, 20, 4)
     out = selective_scan(*inputs.values(), backend=backend)
     out2, last = selective_scan(*inputs.values(), return_last_state=True, backend=backend)
@@ -144,6 +169,7 @@ def test_return_last_state_contract(backend):
 
 
 def test_fast_backward_saves_no_full_state():
+    require_kernel()
     b, d, seqlen, n = 1, 16, 256, 16
     inputs = make_inputs(b, d, seqlen, n)
     sizes = []
@@ -161,6 +187,7 @@ def test_reference_gradcheck_float64(groups):
 
 
 def test_fast_cpu_gradcheck_float64():
+    require_kernel(torch.float64)
     inputs = make_inputs(2, 2, 9, 3, dtype=torch.float64, seed=2)
     leaves = [v.requires_grad_() for v in inputs.values()]
     assert torch.autograd.gradcheck(
@@ -261,6 +288,25 @@ def test_compile_failure_falls_back_to_reference(fresh_kernel_state, monkeypatch
     assert not list(fresh_kernel_state.rglob("*.so"))
 
 
+def test_fast_path_tests_fail_when_the_kernel_cannot_be_built(fresh_kernel_state, monkeypatch):
+    monkeypatch.setattr(scan_cpu, "compile_kernel", _fail_compile)
+    inputs = make_inputs(1, 3, 20, 4)
+    monkeypatch.delenv(NO_COMPILER_ENV, raising=False)
+    with pytest.raises(pytest.fail.Exception, match="could not be built"):
+        run_with_grads(inputs, "cpu", True)
+    monkeypatch.setenv(NO_COMPILER_ENV, "1")
+    with pytest.raises(pytest.skip.Exception, match=NO_COMPILER_ENV):
+        run_with_grads(inputs, "cpu", True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_auto_dispatch_uses_the_loaded_kernel(monkeypatch, dtype):
+    monkeypatch.delenv("MDDOSE_SCAN_BACKEND", raising=False)
+    require_kernel(dtype)
+    inputs = make_inputs(1, 3, 20, 4, dtype=dtype)
+    assert scan_mod.resolve_backend(inputs["u"], inputs["A"]) == "cpu"
+
+
 def test_kernel_build_caches_one_library(fresh_kernel_state):
     assert scan_cpu.load_kernel(torch.float32) is not None
     libs = sorted(p.name for p in (fresh_kernel_state / "kernels").iterdir())
@@ -294,6 +340,7 @@ def test_cuda_dispatch_calls_mamba_ssm_with_the_same_arguments(monkeypatch):
 
 
 def test_bfloat16_computes_in_float32():
+    require_kernel()
     inputs = make_inputs(1, 3, 30, 4)
     low = {k: (None if v is None else v.to(torch.bfloat16)) for k, v in inputs.items()}
     out = selective_scan(*low.values(), backend="cpu")
@@ -348,6 +395,7 @@ def test_non_finite_detected_in_other_dtypes(dtype):
 
 
 def test_transposed_views_of_b_c_need_no_copy_and_match():
+    require_kernel()
     inputs = make_inputs(2, 4, 33, 5, groups=2)
     for key in ("B", "C"):  # (B, G, N, L) views of contiguous (B, G, L, N) tensors, as Mamba blocks make them
         inputs[key] = inputs[key].transpose(-1, -2).contiguous().transpose(-1, -2)

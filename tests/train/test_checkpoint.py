@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import numpy as np
@@ -48,13 +49,107 @@ def test_missing_directory(tmp_path):
         load_checkpoint(tmp_path / "nope")
 
 
-def test_truncated_safetensors(ckpt):
-    path, _ = ckpt
-    f = path / "ema.safetensors"
+def _truncate(f):
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-    with pytest.raises(MddoseError, match="corrupt or truncated") as e:
+
+
+def _randomise(f):
+    f.write_bytes(np.random.default_rng(0).integers(0, 256, f.stat().st_size, dtype=np.uint8).tobytes())
+
+
+def _flip_last_byte(f):
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0x40
+    f.write_bytes(bytes(data))
+
+
+def _fifo(f):
+    f.unlink()
+    os.mkfifo(f)
+
+
+DAMAGE = {"truncated": (_truncate, "truncated"), "random": (_randomise, "corrupt"),
+          "one flipped byte": (_flip_last_byte, "SHA-256"), "fifo": (_fifo, "not a regular file")}
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "ema.safetensors", "train_state.safetensors",
+                                  "train_state.json"])
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_every_damaged_file_is_refused_before_any_work(ckpt, monkeypatch, name, damage):
+    """A damaged file (even model.safetensors beside a valid EMA file, which prediction does not use) is
+    refused by name, in one line, before the model is built; resuming refuses it too."""
+    path, _ = ckpt
+    fn, match = DAMAGE[damage]
+    if name.endswith(".json") and damage == "random":
+        match = "bytes|SHA-256|corrupt"
+    fn(path / name)
+    import mddose.models.registry as reg
+
+    def no_build(*a, **k):
+        raise AssertionError("the model was built before the files were checked")
+
+    monkeypatch.setattr(reg, "build_model_from_dict", no_build)
+    with pytest.raises(MddoseError, match=match) as e:
         load_checkpoint(path)
-    assert "\n" not in str(e.value)
+    assert str(e.value).startswith(str(path / name)) and "\n" not in str(e.value)
+    monkeypatch.undo()
+    tr = Trainer(tiny_config(), tiny_model(), DictDataset(n=8), path.parent, progress=False)
+    with pytest.raises(MddoseError, match=match):
+        tr.resume()
+
+
+def test_checksums_are_recorded_and_the_training_state_is_optional_for_prediction(ckpt):
+    path, _ = ckpt
+    files = json.loads((path / "config.json").read_text())["files"]
+    assert sorted(files) == sorted(set(FILES) - {"config.json"})
+    import hashlib
+    for name, rec in files.items():
+        data = (path / name).read_bytes()
+        assert rec == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    for name in ("train_state.safetensors", "train_state.json"):
+        (path / name).unlink()
+    assert load_checkpoint(path).meta["step"] == 2
+
+
+def test_a_file_missing_from_the_record_is_refused(ckpt):
+    """A file the record does not list (e.g. copied in from another checkpoint) is not trusted."""
+    path, _ = ckpt
+    cfg = json.loads((path / "config.json").read_text())
+    del cfg["files"]["train_state.safetensors"]
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MddoseError, match="train_state.safetensors: file is not listed"):
+        load_checkpoint(path)
+    cfg["files"] = {"model.safetensors": {"size": "big"}}
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MddoseError, match="config.json: malformed 'files' record"):
+        load_checkpoint(path)
+
+
+def test_old_checkpoint_without_checksums_loads_but_is_header_checked(ckpt, caplog):
+    path, tr = ckpt
+    cfg = json.loads((path / "config.json").read_text())
+    del cfg["files"]
+    (path / "config.json").write_text(json.dumps(cfg))
+    b = load_checkpoint(path)
+    assert all(torch.equal(b.model.state_dict()[k], v) for k, v in tr.ema.module.state_dict().items())
+    assert "without checksums" in caplog.text
+    _truncate(path / "model.safetensors")
+    with pytest.raises(MddoseError, match="model.safetensors: corrupt or truncated"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("which", ["model", "ema"])
+def test_nan_weights_are_refused(tmp_path, which):
+    from mddose.train.checkpoint import checkpoint_config, save_checkpoint
+    good, bad = tiny_model(), tiny_model()
+    with torch.no_grad():
+        bad.out.bias.fill_(float("nan") if which == "ema" else float("inf"))
+    conf = checkpoint_config(good, data_config={"slice_config": {}}, train_config={}, diffusion={}, step=0,
+                             epoch=0)
+    save_checkpoint(tmp_path / "c", model=bad if which == "model" else good, ema=bad if which == "ema" else good,
+                    config=conf)
+    with pytest.raises(MddoseError, match=f"{which}.safetensors: weights contain NaN or infinite values"):
+        load_checkpoint(tmp_path / "c")
 
 
 def test_checkpoint_of_another_model(ckpt):

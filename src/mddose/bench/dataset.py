@@ -26,7 +26,8 @@ TARGET_PEAK_GIB = 2.0
 _CHILD = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
-from mddose.data.slices import SliceConfig, SliceDataset
+from mddose.data.inputs.slice_dataset import SliceDataset
+from mddose.data.inputs.slices import SliceConfig
 t_import = time.perf_counter() - t0
 dirs, size, dtype = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 t0 = time.perf_counter()

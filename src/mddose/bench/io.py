@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mddose.data.cache import cached_load
     from mddose.data.io import detect_format, patient_dirs
-    from mddose.data.openkbp import read_openkbp_patient
+    from mddose.data.formats.openkbp import read_openkbp_patient
     from mddose.errors import MddoseError
 
     data = Path(args.data) if args.data else _default_data()

@@ -94,7 +94,7 @@ def _default_patient() -> Path:
 
 def bench_patient(path: Path, sampler: str, steps: int) -> dict:
     from mddose.data.io import load_patient
-    from mddose.data.slices import SliceConfig
+    from mddose.data.inputs.slices import SliceConfig
     from mddose.diffusion import GaussianDiffusion
     from mddose.models import build_model
     from mddose.predict import predict_patient
@@ -121,7 +121,7 @@ def bench_steps(checkpoint: str, n: int, slices_per_patient: int = 8) -> list[di
     import torch
 
     from mddose.data.phantom import make_phantom
-    from mddose.data.slices import patient_to_slices
+    from mddose.data.inputs.slices import patient_to_slices
     from mddose.diffusion import sample
     from mddose.train.checkpoint import load_checkpoint
 

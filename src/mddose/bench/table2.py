@@ -14,7 +14,6 @@ absolute times are those of this machine, not of the paper's GPU.
 
 from __future__ import annotations
 
-import functools
 import time
 
 #: The paper's Table 2 (parameters in M as printed, seconds per iteration on an RTX 3090).
@@ -35,17 +34,20 @@ def _best_time(fn, repeats: int) -> float:
     return best
 
 
-def _inputs(info, in_channels: int):
-    """(call, description) of one iteration for a model of ``info.kind``."""
+def time_iteration(model, kind: str, channels: int, size: int, repeats: int = 3) -> tuple[float, str]:
+    """(best seconds of one iteration, what it is): a denoiser call on a ``size``² slice (``kind`` "diffusion")
+    or a forward pass of a ``size``³ volume ("regression"), batch 1, random inputs, no gradients."""
     import torch
 
-    if info.kind == "diffusion":
-        x = torch.randn(1, 1, SIZE_2D, SIZE_2D)
-        c = torch.randn(1, in_channels, SIZE_2D, SIZE_2D)
+    if kind == "diffusion":
+        x, c = torch.randn(1, 1, size, size), torch.randn(1, channels, size, size)
         t = torch.full((1,), 500, dtype=torch.long)
-        return (lambda m: m(x, t, c)), f"denoiser call, {SIZE_2D}², batch 1"
-    c = torch.randn(1, in_channels, SIZE_3D, SIZE_3D, SIZE_3D)
-    return (lambda m: m(c)), f"forward, {SIZE_3D}³ volume, batch 1"
+        call, what = (lambda: model(x, t, c)), f"denoiser call, {size}², batch 1"
+    else:
+        c = torch.randn(1, channels, size, size, size)
+        call, what = (lambda: model(c)), f"forward, {size}³ volume, batch 1"
+    with torch.inference_mode():
+        return _best_time(call, repeats), what
 
 
 def bench_table2(repeats: int = 3, in_channels: int = 9, models: list[str] | None = None,
@@ -66,9 +68,7 @@ def bench_table2(repeats: int = 3, in_channels: int = 9, models: list[str] | Non
         info = model_info(name)
         torch.manual_seed(0)
         model = build_model(name, preset=preset, in_channels=in_channels).eval()
-        call, what = _inputs(info, in_channels)
-        with torch.inference_mode():
-            s = _best_time(functools.partial(call, model), repeats)
+        s, what = time_iteration(model, info.kind, in_channels, SIZE_2D if info.dims == 2 else SIZE_3D, repeats)
         rows.append({"model": name, "preset": preset, "kind": info.kind, "dims": info.dims,
                      "parameters": sum(p.numel() for p in model.parameters()), "s_per_iter": round(s, 4),
                      "iteration": what, "paper": PAPER_TABLE2.get(name) if preset == "paper" else None})

@@ -1,4 +1,9 @@
-"""``mddose data inspect|convert|phantom`` — look at, convert and generate patients."""
+"""``mddose data inspect|convert|phantom`` — look at, convert and generate patients.
+
+``inspect`` and ``convert`` of a directory of patients report each patient that fails — whatever the
+reason — as one warning line naming its folder, process the others, and exit with status 2 when any
+failed (0 otherwise). A single patient that fails is one error line and status 2.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ def register(sub) -> None:
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", parser_class=type(p))
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
-    ins = dsub.add_parser("inspect", help="ROIs, volumes, dose statistics and problems of patient(s)")
+    ins = dsub.add_parser("inspect", help="ROIs, volumes, dose statistics and problems of patient(s): empty ROIs, "
+                          "no possible-dose mask, repeated CSV voxel indices, a dose above 150 Gy, ...")
     ins.add_argument("path", help="a patient directory or a directory of patient directories")
     ins.add_argument("--format", choices=("openkbp", "nifti", "dicom"), help="input format (default: detect)")
     ins.add_argument("--json", action="store_true", help="print JSON (an object, or a list for a directory)")
@@ -42,22 +48,46 @@ def register(sub) -> None:
     ph.set_defaults(func=_phantom)
 
 
+def _failed(bad: list, total: int, what: str) -> int:
+    """Exit status of a batch: 2 (with a one-line summary on stderr) if any item failed, else 0."""
+    if not bad:
+        return 0
+    print(f"mddose: error: {len(bad)} of {total} patient(s) could not be {what} (named above)", file=sys.stderr)
+    return 2
+
+
 def _inspect(args: argparse.Namespace) -> int:
-    from mddose.data.io import inspect_patient, load_patient, load_patients, patient_dirs
+    from mddose.data.inspection import duplicate_id_problems, inspect_patient
+    from mddose.data.io import load_patient, load_patients, patient_dirs
+    from mddose.utils.fs import describe_error
+    from mddose.utils.log import logger
 
     single = patient_dirs(args.path) == [Path(args.path)]
     if single:  # errors propagate as one line
         patients, bad = [load_patient(args.path, args.format, cache=not args.no_cache)], []
-    else:  # bad patients are logged as warnings, the rest inspected
-        patients, bad = load_patients(args.path, args.format, cache=not args.no_cache)
-    if not patients:
+    else:  # bad patients are logged as warnings, the rest inspected; shared ids are a problem, not a failure
+        patients, bad = load_patients(args.path, args.format, cache=not args.no_cache, unique_ids=False)
+    infos = []
+    for p, dup in zip(patients, duplicate_id_problems(patients)):
+        try:
+            info = inspect_patient(p)
+        except Exception as exc:  # noqa: BLE001 - one patient's failure is reported, the rest go on
+            if single:
+                raise MddoseError(f"cannot inspect patient {p.id} ({describe_error(exc)})",
+                                  p.meta.get("source", args.path)) from None
+            msg = f"{p.meta.get('source', p.id)}: {describe_error(exc)}"
+            logger.warning("skipping patient: %s", msg)
+            bad.append((str(p.meta.get("source", p.id)), msg))
+            continue
+        info["problems"] += dup
+        infos.append(info)
+    if not infos:
         raise MddoseError(f"no patient could be read ({len(bad)} failed)", args.path)
-    infos = [inspect_patient(p) for p in patients]
     if args.json:
         print(json.dumps(infos[0] if single else infos, indent=1))
     else:
         print("\n\n".join(format_inspection(i) for i in infos))
-    return 0
+    return _failed(bad, len(infos) + len(bad), "read")
 
 
 def format_inspection(info: dict) -> str:
@@ -89,16 +119,14 @@ def _convert(args: argparse.Namespace) -> int:
                            progress=sys.stderr.isatty())
     print(f"converted {len(written)} patient(s) to {args.to} in {args.dst}"
           + (f"; {len(bad)} skipped" if bad else ""))
-    return 0
+    return _failed(bad, len(written) + len(bad), "converted")
 
 
 def _phantom(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise MddoseError(f"--n must be at least 1, got {args.n}")
-    try:
-        from mddose.data.phantom import write_phantoms
-    except ImportError as exc:
-        raise MddoseError(f"phantom generator not available ({exc})") from None
+    from mddose.data.phantom import write_phantoms
+
     paths = write_phantoms(args.n, args.out, seed=args.seed, size=args.size, format=args.format,
                            force=args.force)
     print(f"wrote {len(paths)} phantom(s) to {args.out}")

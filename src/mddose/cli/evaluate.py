@@ -11,9 +11,11 @@ def register(sub) -> None:
     p.add_argument("--reference", required=True, metavar="DATA",
                    help="a patient directory or a directory of patient directories (OpenKBP, NIfTI, DICOM)")
     p.add_argument("--prediction", required=True, metavar="PRED",
-                   help="directory of <id>.csv (OpenKBP format), <id>.nii.gz or <id>/dose.nii.gz predictions")
+                   help="prediction folder as written by `mddose predict` (<id>.csv, <id>.nii.gz or "
+                        "<id>/RTDOSE.dcm; uncertainty/, evaluation/ and predict.json are ignored)")
     p.add_argument("--json", metavar="FILE", help="summary JSON (default PRED/evaluation/summary.json)")
     p.add_argument("--csv", metavar="FILE", help="per-patient CSV (default PRED/evaluation/per_patient.csv)")
+    p.add_argument("--force", action="store_true", help="replace existing --json / --csv files")
     p.add_argument("--gamma", action="store_true", help="also compute the 3D gamma pass rate (3%%/3mm, 10%% cutoff)")
     p.add_argument("--progress", action="store_true", help="show progress bars")
     p.set_defaults(func=_evaluate)
@@ -28,41 +30,56 @@ def register(sub) -> None:
                    help="test that decides the significance marker (default: paired t-test)")
     c.add_argument("--gamma", action="store_true", help="include the gamma pass rate (slower)")
     c.add_argument("--out", metavar="DIR", help="write comparison.md and comparison.csv into DIR")
+    c.add_argument("--force", action="store_true", help="replace existing comparison files in --out")
     c.set_defaults(func=_compare)
 
 
-def _evaluate(args) -> int:
+def batch_status(errors, where: str = "listed above") -> int:
+    """Exit status of ``evaluate``, ``compare`` and ``report``: 2 (with a one-line summary on stderr) when some
+    items failed — their results are written all the same — else 0."""
     import sys
 
-    from mddose.evaluate.run import default_outputs, evaluate_predictions
+    if errors:
+        print(f"mddose: error: {len(errors)} item(s) failed ({where}); the others were processed", file=sys.stderr)
+        return 2
+    return 0
 
+
+def _evaluate(args) -> int:
+    from mddose.errors import MddoseError
+    from mddose.evaluate.run import check_outputs, default_outputs, evaluate_predictions, write_evaluation
+
+    js, pp = default_outputs(args.prediction)
+    js, pp = check_outputs(args.json or js, args.csv or pp, args.force)  # refused before any work
     res = evaluate_predictions(args.reference, args.prediction, gamma=args.gamma, progress=args.progress)
     print(res.table())
     if not res.records:
-        print("mddose: error: no prediction could be evaluated", file=sys.stderr)
-        return 2
-    js, pp = default_outputs(args.prediction)
-    js = Path(args.json) if args.json else js
-    pp = Path(args.csv) if args.csv else pp
-    res.to_csv(pp)
-    res.to_json(js)
+        raise MddoseError("no prediction could be evaluated", args.prediction)
+    write_evaluation(res, js, pp, force=args.force)
     print(f"wrote {pp} and {js}")
-    return 0
+    return batch_status(res.errors)
 
 
 def _compare(args) -> int:
+    from mddose.errors import MddoseError
     from mddose.evaluate.run import compare_runs
-    from mddose.utils.fs import atomic_write
+    from mddose.utils.fs import atomic_write, check_new_output
 
-    comp = compare_runs(args.runs, args.reference, names=args.names, baseline=args.baseline, test=args.test,
-                        gamma=args.gamma)
+    files = []
+    if args.out:
+        files = [check_new_output(Path(args.out) / name, args.force) for name in ("comparison.md", "comparison.csv")]
+    comp, errors = compare_runs(args.runs, args.reference, names=args.names, baseline=args.baseline,
+                                test=args.test, gamma=args.gamma)
     md = comp.to_markdown()
     print(md)
-    if args.out:
-        out = Path(args.out)
-        with atomic_write(out / "comparison.md", "w") as fh:
-            fh.write(md)
-        with atomic_write(out / "comparison.csv", "w") as fh:
-            fh.write(comp.to_csv())
-        print(f"wrote {out / 'comparison.md'} and {out / 'comparison.csv'}")
-    return 0
+    for item, msg in errors:
+        print(f"skipped {item}: {msg}")
+    for path, text in zip(files, (md, comp.to_csv())):
+        try:
+            with atomic_write(path, "w") as fh:
+                fh.write(text)
+        except OSError as exc:
+            raise MddoseError(f"cannot write ({exc.strerror or exc})", path) from None
+    if files:
+        print(f"wrote {files[0]} and {files[1]}")
+    return batch_status(errors)

@@ -1,6 +1,13 @@
-"""``mddose predict`` — the 3D dose of each patient from a trained checkpoint."""
+"""``mddose predict`` — the 3D dose of each patient from a trained checkpoint.
+
+Exit status 0 when every patient was predicted; 2 when some could not be (each named in one line, the
+others written) or none could.
+"""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 
 def register(sub) -> None:
@@ -32,8 +39,11 @@ def _run(args) -> int:
     done, errors = predict_to_dir(
         args.checkpoint, args.input, args.out, fmt=args.format, sampler=args.sampler, steps=args.steps,
         eta=args.eta, samples=args.samples, tta=args.tta, batch=args.batch, allow_missing_rois=args.allow_missing_rois,
-        force=args.force, seed=args.seed, device=args.device)
+        force=args.force, seed=args.seed, device=args.device, progress=sys.stderr.isatty())
     print(f"predicted {len(done)} patient(s) into {args.out}")
-    for item, msg in errors:
-        print(f"skipped {item}: {msg}")
-    return 0
+    if not errors:
+        return 0
+    # each failure was logged as one warning line when it happened; the exit status says some failed
+    print(f"mddose: {len(errors)} patient(s) failed, not predicted: "
+          + ", ".join(Path(item).name for item, _ in errors), file=sys.stderr)
+    return 2

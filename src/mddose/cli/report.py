@@ -8,7 +8,7 @@ def register(sub) -> None:
     p = sub.add_parser("report", help="write a self-contained HTML report of a prediction run",
                        description="Write ONE offline HTML file with the score tables, dose/error and DVH figures "
                                    "and a slice viewer per patient.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="prediction directory written by `mddose predict`")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="prediction folder written by `mddose predict` (any --format)")
     p.add_argument("--reference", metavar="DATA", default=None,
                    help="reference patients (ground-truth doses); a patient dir or a dir of patients "
                         "(default: the input recorded in RUN_DIR, if any)")
@@ -21,12 +21,15 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
+    from mddose.cli.evaluate import batch_status
     from mddose.errors import MddoseError
     from mddose.evaluate.report import report_run
 
     if args.max_patients is not None and args.max_patients < 1:
         raise MddoseError(f"--max-patients: must be ≥ 1, got {args.max_patients}")
-    out = report_run(args.run_dir, args.reference, args.out, force=args.force, max_patients=args.max_patients,
+    rep = report_run(args.run_dir, args.reference, args.out, force=args.force, max_patients=args.max_patients,
                      figures_dir=args.figures_dir, progress=True)
-    print(f"wrote {out}")
-    return 0
+    for item, msg in rep.failures:
+        print(f"skipped {item}: {msg}")
+    print(f"wrote {rep.path}")
+    return batch_status(rep.failures, "listed above and in the report")

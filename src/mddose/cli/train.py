@@ -1,4 +1,8 @@
-"""`mddose train` — train a denoiser from a JSON config (see :mod:`mddose.train.config`)."""
+"""`mddose train` — train any registered model from a JSON config (see :mod:`mddose.train.config`).
+
+Exit status: 0; 2 for a bad config or argument (one line), and also when some patients of the dataset could
+not be used — training still runs on the others and saves its checkpoints, then one line per skipped patient
+is printed."""
 
 from __future__ import annotations
 
@@ -14,7 +18,10 @@ def register(sub) -> None:
                                    "For several GPUs run it under torchrun.")
     p.add_argument("--config", required=True, help="JSON config file, or the name of a built-in config")
     p.add_argument("--out", default=None, help="output directory (default: runs/<config name>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint; the config may differ from the run's "
+                        "only in epochs, max_steps, time_budget_s, device, num_workers, log_dir and "
+                        "checkpoint_every (anything else is refused)")
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after M minutes")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps in total")
@@ -35,11 +42,22 @@ def _run(args: argparse.Namespace) -> int:
         path = builtin_config(args.config)
     if args.epochs is not None and args.epochs < 1:
         raise MddoseError(f"--epochs must be >= 1, got {args.epochs}")
-    if args.max_minutes is not None and args.max_minutes <= 0:
+    if args.max_steps is not None and args.max_steps < 1:
+        raise MddoseError(f"--max-steps must be >= 1, got {args.max_steps}")
+    if args.max_minutes is not None and not 0 < args.max_minutes < float("inf"):
         raise MddoseError(f"--max-minutes must be > 0, got {args.max_minutes}")
     cfg = load_train_config(path, epochs=args.epochs, max_steps=args.max_steps, device=args.device,
                             time_budget_s=None if args.max_minutes is None else args.max_minutes * 60)
     out = Path(args.out) if args.out else Path("runs") / path.stem
-    best = train(cfg, out, resume=args.resume, progress=not args.no_progress)
+    skipped: list[tuple[str, str]] = []
+    best = train(cfg, out, resume=args.resume, progress=not args.no_progress, skipped=skipped)
     print(f"best checkpoint: {best}")
-    return 0
+    if not skipped:
+        return 0
+    import sys
+
+    for item, msg in skipped:
+        print(f"mddose: skipped patient: {msg if item in msg else f'{item}: {msg}'}", file=sys.stderr)
+    print(f"mddose: error: {len(skipped)} patient(s) skipped (listed above); trained on the others",
+          file=sys.stderr)
+    return 2

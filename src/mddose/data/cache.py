@@ -1,6 +1,7 @@
 """On-disk cache of parsed patients: ``.npy`` arrays (memory-mappable) + ``patient.json``.
 
-Layout: ``$MDDOSE_CACHE_DIR`` (default ``~/.cache/mddose``) ``/patients/<key>/`` holding ``ct.npy``,
+Layout: :func:`mddose.utils.config.cache_root` (``$MDDOSE_CACHE_DIR``, default ``~/.cache/mddose``)
+``/patients/<key>/`` holding ``ct.npy``,
 ``dose.npy``, ``possible_dose_mask.npy``, ``masks.npy`` ((K, ceil(Z*Y*X/8)) uint8, ``np.packbits`` of the ROIs in the
 JSON's order) and
 ``patient.json`` (scalars, ROI names, array shapes/dtypes), written last.
@@ -34,21 +35,17 @@ from typing import Callable
 import numpy as np
 
 from mddose.data.patient import Patient
+from mddose.utils.config import cache_root
 from mddose.utils.log import logger
 
-#: Bump when the cached representation or any reader's output changes.
-CACHE_VERSION = 1
+#: Bump when the cached representation or any reader's output changes (2: safe ids, duplicate-index counts).
+CACHE_VERSION = 2
 _ARRAYS = ("ct", "dose", "possible_dose_mask")
 
 
-def cache_root() -> Path:
-    """``$MDDOSE_CACHE_DIR`` or ``~/.cache/mddose``."""
-    env = os.environ.get("MDDOSE_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "mddose"
-
-
 def _source_files(src: Path) -> list[tuple[str, int, int]]:
-    """(relative path, size, mtime_ns) of every regular, non-hidden file below ``src``, sorted."""
+    """(relative path, size, mtime_ns) of every non-hidden file below ``src``, sorted (a broken link or a
+    FIFO by its own ``lstat``: the reader, not the key, reports it)."""
     if src.is_file():
         st = src.stat()
         return [(src.name, st.st_size, st.st_mtime_ns)]
@@ -59,7 +56,10 @@ def _source_files(src: Path) -> list[tuple[str, int, int]]:
             if name.startswith("."):
                 continue
             p = Path(dirpath, name)
-            st = p.stat()
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                st = p.lstat()
             out.append((p.relative_to(src).as_posix(), st.st_size, st.st_mtime_ns))
     return sorted(out)
 

@@ -1,21 +1,41 @@
-"""Format-agnostic patient I/O: detect the format, load (through the cache), save atomically.
+"""Format-agnostic patient I/O: detect the format, load (through the cache), load a batch, save atomically.
 
-Formats: ``"openkbp"`` (:mod:`mddose.data.openkbp`), ``"nifti"`` (:mod:`mddose.data.nifti`) and
-``"dicom"`` (:mod:`mddose.data.dicom`, imported lazily).
+Formats: ``"openkbp"`` (:mod:`mddose.data.formats.openkbp`), ``"nifti"`` (:mod:`mddose.data.formats.nifti`)
+and ``"dicom"`` (:mod:`mddose.data.formats.dicom`); their modules are imported on first use.
+
+**Batches** (:func:`load_patients`, :func:`convert`): whatever goes wrong with one patient — a malformed
+file, an unreadable file or folder, a FIFO, a broken link, an unexpected exception — is reported as one
+``(path, message)`` pair naming the patient's folder, logged as a warning, and the rest go on. In
+:func:`load_patients` two patients with the same id are both refused (``unique_ids``, the default: outputs
+named after the id would overwrite each other); each report names the other folder. :func:`convert`
+names its outputs after the folders, so it keeps them.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from pathlib import Path
 
+from mddose.data.cache import cached_load
+from mddose.data.formats.common import list_dir
+from mddose.data.formats.dicom.files import is_dicom_dir
 from mddose.data.patient import Patient
 from mddose.errors import MddoseError
-from mddose.utils.fs import atomic_dir
+from mddose.utils.fs import atomic_dir, check_new_output, describe_error
 from mddose.utils.log import logger
 
 FORMATS = ("openkbp", "nifti", "dicom")
+
+#: format → (reader module, reader function, writer module, writer function); imported on first use.
+_FORMATS: dict[str, tuple[str, str, str, str]] = {
+    "openkbp": ("mddose.data.formats.openkbp", "read_openkbp_patient",
+                "mddose.data.formats.openkbp", "write_openkbp_patient"),
+    "nifti": ("mddose.data.formats.nifti", "read_nifti_patient", "mddose.data.formats.nifti", "write_nifti_patient"),
+    "dicom": ("mddose.data.formats.dicom.read", "read_dicom_patient",
+              "mddose.data.formats.dicom.write", "write_dicom_patient"),
+}
 
 
 def _check_format(fmt: str) -> str:
@@ -24,11 +44,26 @@ def _check_format(fmt: str) -> str:
     return fmt
 
 
-def _is_dicom(path: Path) -> bool:
+def _reader(fmt: str):
+    module, name = _FORMATS[fmt][:2]
+    return getattr(importlib.import_module(module), name)
+
+
+def _writer(fmt: str):
+    module, name = _FORMATS[fmt][2:]
+    return getattr(importlib.import_module(module), name)
+
+
+# ---------------------------------------------------------------------------------------- detection
+def _entry_exists(path: Path) -> bool:
+    """True if ``path`` is any directory entry (a file, a FIFO, a directory, a broken link, ...)."""
     try:
-        from mddose.data.dicom import is_dicom_dir
-    except ImportError:
+        return os.path.lexists(path)
+    except OSError:
         return False
+
+
+def _is_dicom(path: Path) -> bool:
     try:
         return bool(is_dicom_dir(path))
     except (OSError, ValueError):
@@ -36,20 +71,28 @@ def _is_dicom(path: Path) -> bool:
 
 
 def _detect_simple(path: Path) -> str | None:
-    if (path / "ct.csv").is_file():
+    """``"openkbp"`` / ``"nifti"`` when ``ct.csv`` / ``ct.nii(.gz)`` is there (even as a FIFO, a directory or a
+    broken link, so that reading it reports what is wrong), else None; never raises."""
+    if _entry_exists(path / "ct.csv"):
         return "openkbp"
-    if (path / "ct.nii.gz").is_file() or (path / "ct.nii").is_file():
+    if _entry_exists(path / "ct.nii.gz") or _entry_exists(path / "ct.nii"):
         return "nifti"
     return None
+
+
+def _check_dir(path: Path) -> None:
+    """Raise a one-line MddoseError unless ``path`` is a readable directory."""
+    if not path.exists():
+        raise MddoseError("broken symbolic link" if path.is_symlink() else "no such file or directory", path)
+    if not path.is_dir():
+        raise MddoseError("a patient must be a directory", path)
+    list_dir(path)  # unreadable → one line
 
 
 def detect_format(path: str | os.PathLike) -> str:
     """``"openkbp"`` (has ct.csv), ``"nifti"`` (has ct.nii.gz) or ``"dicom"`` for a patient directory."""
     path = Path(path)
-    if not path.exists():
-        raise MddoseError("no such file or directory", path)
-    if not path.is_dir():
-        raise MddoseError("a patient must be a directory", path)
+    _check_dir(path)
     fmt = _detect_simple(path)
     if fmt is None and _is_dicom(path):
         fmt = "dicom"
@@ -58,47 +101,47 @@ def detect_format(path: str | os.PathLike) -> str:
     return fmt
 
 
-#: format → (module, reader function, writer function); modules are imported on first use.
-_FORMATS: dict[str, tuple[str, str, str]] = {
-    "openkbp": ("mddose.data.openkbp", "read_openkbp_patient", "write_openkbp_patient"),
-    "nifti": ("mddose.data.nifti", "read_nifti_patient", "write_nifti_patient"),
-    "dicom": ("mddose.data.dicom", "read_dicom_patient", "write_dicom_patient"),
-}
-
-
-def _format_function(fmt: str, which: int):
-    import importlib
-
-    module, *names = _FORMATS[fmt]
-    try:
-        return getattr(importlib.import_module(module), names[which])
-    except ImportError as exc:
-        raise MddoseError(f"{fmt} support is not available ({exc})") from None
-
-
-def _reader(fmt: str):
-    return _format_function(fmt, 0)
-
-
-def _writer(fmt: str):
-    return _format_function(fmt, 1)
-
-
+# ---------------------------------------------------------------------------------------- loading
 def load_patient(path: str | os.PathLike, format: str | None = None, *, cache: bool = True) -> Patient:
-    """Read one patient directory (format detected unless given), through the cache by default."""
+    """Read one patient directory (format detected unless given), through the cache by default.
+
+    Every failure is a one-line :class:`MddoseError`: the reader's own (naming the file), an ``OSError``
+    (naming its file), anything else (naming ``path`` and the exception type).
+    """
     path = Path(path)
-    fmt = detect_format(path) if format is None else _check_format(format)
-    if not path.is_dir():
-        raise MddoseError("a patient must be a directory", path)
-    reader = _reader(fmt)
-    if not cache:
-        return reader(path)
-    from mddose.data.cache import cached_load
-    return cached_load(path, fmt, reader)
+    try:
+        if format is None:
+            fmt = detect_format(path)
+        else:
+            fmt = _check_format(format)
+            _check_dir(path)
+        reader = _reader(fmt)
+        return cached_load(path, fmt, reader) if cache else reader(path)
+    except MddoseError:
+        raise
+    except OSError as exc:
+        msg = describe_error(exc)
+        raise MddoseError(msg if exc.filename is not None else f"{path}: {msg}") from None
+    except Exception as exc:  # noqa: BLE001 - any failure of one patient is that patient's error
+        raise MddoseError(f"cannot read patient ({describe_error(exc)})", path) from None
 
 
 def _natural_key(p: Path):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
+
+
+def _candidates(path: Path) -> list[Path]:
+    """Sub-directories of ``path`` (and broken links, which loading then reports), hidden ones skipped."""
+    out = []
+    for p in list_dir(path):
+        if p.name.startswith("."):
+            continue
+        try:
+            if p.is_dir() or (p.is_symlink() and not p.exists()):
+                out.append(p)
+        except OSError:
+            out.append(p)
+    return sorted(out, key=_natural_key)
 
 
 def patient_dirs(path: str | os.PathLike, max_depth: int = 3) -> list[Path]:
@@ -107,14 +150,15 @@ def patient_dirs(path: str | os.PathLike, max_depth: int = 3) -> list[Path]:
     An OpenKBP/NIfTI patient is recognised first; a directory whose sub-directories (or their
     sub-directories, e.g. ``openkbp/train-pats/pt_1``, up to ``max_depth`` levels) are patients is a
     collection; otherwise a DICOM directory is one patient. Sub-directories of a collection that are not
-    recognisable patients are returned too (so that loading them reports why). Natural sort order.
+    recognisable patients (unreadable ones, broken links) are returned too, so that loading them reports
+    why. Natural sort order.
     """
     path = Path(path)
     if not path.is_dir():
         raise MddoseError("no such directory" if not path.exists() else "not a directory", path)
     if _detect_simple(path):
         return [path]
-    subs = sorted((p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")), key=_natural_key)
+    subs = _candidates(path)
     found = [s for s in subs if _detect_simple(s)]
     if not found and _is_dicom(path):
         return [path]
@@ -126,24 +170,45 @@ def patient_dirs(path: str | os.PathLike, max_depth: int = 3) -> list[Path]:
     for s in subs:
         try:
             inner = patient_dirs(s, max_depth - 1)
-        except MddoseError:
+        except (MddoseError, OSError):
             continue
         if inner != [s] or _is_dicom(s):
             nested += inner
     return nested or subs
 
 
-def _log_bad(path: Path, exc: Exception) -> None:
-    msg = str(exc)
-    logger.warning("skipping patient: %s", msg if str(path) in msg else f"{path}: {msg}")
+def _failure(path: Path, exc: BaseException) -> tuple[str, str]:
+    """``(path, one-line message naming path)`` for a failed patient, logged as a warning."""
+    msg = describe_error(exc)
+    if str(path) not in msg:
+        msg = f"{path}: {msg}"
+    logger.warning("skipping patient: %s", msg)
+    return str(path), msg
+
+
+def duplicate_ids(items: list[tuple[Path, str]]) -> dict[Path, str]:
+    """Folder → one-line message for every folder of ``items`` (folder, patient id) whose id is shared."""
+    by_id: dict[str, list[Path]] = {}
+    for d, pid in items:
+        by_id.setdefault(pid, []).append(d)
+    out = {}
+    for pid, dirs in by_id.items():
+        if len(dirs) > 1:
+            for d in dirs:
+                others = ", ".join(str(o) for o in dirs if o != d)
+                out[d] = (f"{d}: patient id {pid!r} is also the id of {others}; ids must be unique in a batch "
+                          "(all of them refused)")
+    return out
 
 
 def load_patients(path: str | os.PathLike, format: str | None = None, *, cache: bool = True,
-                  progress: bool = False) -> tuple[list[Patient], list[tuple[str, str]]]:
+                  progress: bool = False, unique_ids: bool = True) -> tuple[list[Patient], list[tuple[str, str]]]:
     """Load a patient directory or a directory of patient directories.
 
     Returns ``(patients, bad)`` where ``bad`` lists ``(path, message)`` of the patients that could not be
-    read (each also logged as a warning); the rest are loaded.
+    read, whatever the exception, and (``unique_ids``) of every patient whose id another patient of the
+    batch has; each message names the path and is also logged as a warning. The rest are loaded, in
+    folder order.
     """
     if format is not None:
         _check_format(format)
@@ -152,69 +217,34 @@ def load_patients(path: str | os.PathLike, format: str | None = None, *, cache: 
     if progress:
         from tqdm import tqdm
         it = tqdm(dirs, desc="loading patients", unit="pt")
-    patients: list[Patient] = []
-    bad: list[tuple[str, str]] = []
+    loaded: list[tuple[Path, Patient]] = []
+    bad: dict[Path, tuple[str, str]] = {}
     for d in it:
         try:
-            patients.append(load_patient(d, format, cache=cache))
-        except (MddoseError, OSError) as exc:
-            _log_bad(d, exc)
-            bad.append((str(d), str(exc)))
-    return patients, bad
+            loaded.append((d, load_patient(d, format, cache=cache)))
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            bad[d] = _failure(d, exc)
+    for d, msg in (duplicate_ids([(d, p.id) for d, p in loaded]) if unique_ids else {}).items():
+        logger.warning("skipping patient: %s", msg)
+        bad[d] = (str(d), msg)
+    patients = [p for d, p in loaded if d not in bad]
+    return patients, [bad[d] for d in dirs if d in bad]
 
 
+# ---------------------------------------------------------------------------------------- saving
 def save_patient(patient: Patient, path: str | os.PathLike, format: str, *, force: bool = False) -> Path:
     """Write ``patient`` as directory ``path`` in ``format``, atomically; refuses to overwrite without force."""
     writer = _writer(_check_format(format))
+    patient.validate_id()
     path = Path(path)
-    with atomic_dir(path, force=force) as tmp:
-        writer(patient, tmp)
+    try:
+        with atomic_dir(path, force=force) as tmp:
+            writer(patient, tmp)
+    except MddoseError:
+        raise
+    except OSError as exc:
+        raise MddoseError(f"cannot write the patient ({describe_error(exc)})", path) from None
     return path
-
-
-# ---------------------------------------------------------------------------------------- inspect / convert
-def find_problems(patient: Patient) -> list[str]:
-    """Human-readable problems of a patient: empty ROIs, no target, dose outside the possible-dose mask,
-    overlapping targets, possible-dose mask not covering a target."""
-    import numpy as np
-
-    problems = [f"ROI {n!r} is empty" for n, m in patient.masks.items() if not m.any()]
-    if not patient.targets:
-        problems.append("no target ROI (none of " + ", ".join(patient.prescriptions) + ")")
-    targets = patient.targets
-    for i, a in enumerate(targets):
-        for b in targets[i + 1:]:
-            n = int(np.count_nonzero(patient.masks[a] & patient.masks[b]))
-            if n:
-                problems.append(f"targets {a} and {b} overlap in {n} voxels")
-    pdm = patient.possible_dose_mask
-    if pdm is not None:
-        if patient.dose is not None:
-            outside = (patient.dose > 0) & ~pdm
-            n = int(np.count_nonzero(outside))
-            if n:
-                problems.append(f"dose > 0 in {n} voxels outside the possible-dose mask "
-                                f"(max {float(patient.dose[outside].max()):.3g} Gy)")
-        for t in targets:
-            n = int(np.count_nonzero(patient.masks[t] & ~pdm))
-            if n:
-                problems.append(f"target {t} has {n} voxels outside the possible-dose mask")
-    return problems
-
-
-def inspect_patient(patient: Patient) -> dict:
-    """JSON-ready report: :meth:`Patient.summary` plus ``targets`` (prescriptions), ``format``,
-    ``source``, per-ROI ``mean_dose`` and ``problems``."""
-    info = patient.summary()
-    info["targets"] = {t: patient.prescriptions[t] for t in patient.targets}
-    info["format"] = patient.meta.get("format")
-    info["source"] = patient.meta.get("source")
-    if patient.dose is not None:
-        for name, roi in info["rois"].items():
-            m = patient.masks[name]
-            roi["mean_dose"] = float(patient.dose[m].mean()) if roi["voxels"] else None
-    info["problems"] = find_problems(patient)
-    return info
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, *, src_format: str | None = None,
@@ -223,11 +253,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, *, src_form
     """Convert a patient directory, or a directory of patient directories, to format ``to``.
 
     A single patient is written as ``dst``; a collection as ``dst/<patient dir name>`` for each readable
-    patient, the whole of ``dst`` built atomically. Never overwrites ``dst`` unless ``force``.
+    patient, the whole of ``dst`` built atomically. Never overwrites ``dst`` unless ``force``. A patient
+    that fails (whatever the exception) is reported and left out.
     Returns ``(written paths, bad (path, message) pairs)``; raises MddoseError if nothing was converted.
     """
-    from mddose.utils.fs import check_new_output
-
     _check_format(to)
     _writer(to)  # fail early if the writer is unavailable
     src, dst = Path(src), Path(dst)
@@ -235,21 +264,23 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, *, src_form
     dirs = patient_dirs(src)
     if dirs == [src]:
         return [save_patient(load_patient(src, src_format, cache=cache), dst, to, force=force)], []
-    written: list[Path] = []
-    bad: list[tuple[str, str]] = []
+    written: dict[Path, Path] = {}
+    bad: dict[Path, tuple[str, str]] = {}
     it = dirs
     if progress:
         from tqdm import tqdm
         it = tqdm(dirs, desc=f"converting to {to}", unit="pt")
-    with atomic_dir(dst, force=force) as tmp:
-        for d in it:
-            try:
-                rel = d.relative_to(src)
-                save_patient(load_patient(d, src_format, cache=cache), tmp / rel, to)
-                written.append(dst / rel)
-            except (MddoseError, OSError) as exc:
-                _log_bad(d, exc)
-                bad.append((str(d), str(exc)))
-        if not written:
-            raise MddoseError(f"no patient could be converted ({len(bad)} failed)", src)
-    return written, bad
+    try:
+        with atomic_dir(dst, force=force) as tmp:
+            for d in it:
+                try:
+                    rel = d.relative_to(src)
+                    save_patient(load_patient(d, src_format, cache=cache), tmp / rel, to)
+                    written[d] = rel
+                except Exception as exc:  # noqa: BLE001 - report and go on
+                    bad[d] = _failure(d, exc)
+            if not written:
+                raise MddoseError(f"no patient could be converted ({len(bad)} failed)", src)
+    except OSError as exc:
+        raise MddoseError(f"cannot write the output ({describe_error(exc)})", dst) from None
+    return [dst / written[d] for d in dirs if d in written], [bad[d] for d in dirs if d in bad]

@@ -20,10 +20,15 @@ A :class:`Patient` holds one planning case on a regular voxel grid:
   identity means an axial, head-first-supine grid.
 * ``masks`` maps ROI name → bool array; ``possible_dose_mask`` (bool) marks voxels that may receive
   dose (OpenKBP's definition); ``dose`` is optional (absent for a patient to be predicted).
+* ``id`` is a **safe file-name component** (outputs are named after it, e.g. ``pred/<id>.csv``):
+  1–128 characters from ``A–Z a–z 0–9 . _ -``, not starting with ``.`` (so never ``..``, a path or a
+  hidden file). :meth:`Patient.validate` refuses any other id; readers turn an unsafe id read from a
+  user file (or an unsafe folder name) into a safe one with :func:`safe_id` and log what they did.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -38,13 +43,35 @@ OPENKBP_OARS: tuple[str, ...] = (
     "Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esophagus", "Larynx", "Mandible",
 )
 
+#: The longest patient id (a file-name component: leaves room for suffixes within 255 bytes).
+MAX_ID_LENGTH = 128
+_ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,%d}" % (MAX_ID_LENGTH - 1))
+_ID_BAD_CHAR = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def is_safe_id(value: object) -> bool:
+    """True if ``value`` is a str usable as one file-name component (see the module docstring)."""
+    return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
+
+
+def safe_id(value: object) -> str:
+    """``value`` as a safe id: each character outside ``A–Z a–z 0–9 . _ -`` and each leading ``.`` becomes
+    ``_``, then cut to :data:`MAX_ID_LENGTH`; ``""`` if nothing is left (the caller picks a fallback).
+
+    ``"../../x"`` → ``"___.._x"``, ``"/etc/passwd"`` → ``"_etc_passwd"``, ``"Pat 1"`` → ``"Pat_1"``.
+    Safe ids are returned unchanged.
+    """
+    text = _ID_BAD_CHAR.sub("_", str(value))
+    stripped = text.lstrip(".")
+    return ("_" * (len(text) - len(stripped)) + stripped)[:MAX_ID_LENGTH]
+
 
 @dataclass
 class Patient:
     """One patient on a regular grid; see the module docstring for the contract.
 
     Attributes:
-        id: patient identifier (e.g. ``"pt_1"``).
+        id: patient identifier (e.g. ``"pt_1"``), a safe file-name component (:func:`is_safe_id`).
         ct: (Z, Y, X) float32, Hounsfield units.
         spacing: (sz, sy, sx) voxel size in mm, all > 0.
         masks: ROI name → (Z, Y, X) bool.
@@ -80,8 +107,16 @@ class Patient:
         self.validate()
 
     # ------------------------------------------------------------------ validation
+    def validate_id(self) -> None:
+        """Raise :class:`MddoseError` unless ``id`` is a safe file-name component (writers call this: ``id``
+        may have been reassigned since construction)."""
+        if not is_safe_id(self.id):
+            raise MddoseError(f"patient id {self.id!r} is not a safe file name (1-{MAX_ID_LENGTH} characters "
+                              "from A-Z a-z 0-9 . _ -, not starting with '.')")
+
     def validate(self) -> None:
         """Raise :class:`MddoseError` naming the patient and the problem if the contract is broken."""
+        self.validate_id()
         where = f"patient {self.id}"
         if self.ct.ndim != 3:
             raise MddoseError(f"{where}: CT must be 3D (z, y, x), got shape {self.ct.shape}")

@@ -1,9 +1,15 @@
-"""mddose.diffusion: DDPM schedule and loss (:class:`GaussianDiffusion`) and samplers (:func:`sample`).
+"""mddose.diffusion: DDPM schedule and loss (:class:`GaussianDiffusion`, ε- or v-prediction) and samplers.
+
+:func:`sample` draws doses with any sampler of the table :data:`SAMPLERS` (``"ddpm"``, ``"ddim"``,
+``"dpmpp2m"``), each a public function ``sample_xxx(model_fn, x, ts, *, generator=None, callback=None,
+**options)`` (see :mod:`mddose.diffusion.samplers`).
 
 Data units (dose / reference dose, [0, 1]) outside, model space [-1, 1] inside (``x = 2·x0 - 1``).
 """
 
-from mddose.diffusion.samplers import SAMPLERS, sample, timesteps
+from mddose.diffusion.samplers import (SAMPLERS, Denoiser, sample, sample_ddim, sample_ddpm, sample_dpmpp2m,
+                                       timesteps)
 from mddose.diffusion.schedule import GaussianDiffusion, make_betas
 
-__all__ = ["GaussianDiffusion", "SAMPLERS", "make_betas", "sample", "timesteps"]
+__all__ = ["Denoiser", "GaussianDiffusion", "SAMPLERS", "make_betas", "sample", "sample_ddim", "sample_ddpm",
+           "sample_dpmpp2m", "timesteps"]

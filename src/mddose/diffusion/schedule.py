@@ -1,4 +1,4 @@
-"""DDPM noise schedule and training loss (Ho et al. 2020), ε-prediction.
+"""DDPM noise schedule and training loss (Ho et al. 2020); the network predicts ε (the paper) or v.
 
 Units
 -----
@@ -10,6 +10,11 @@ Internally the diffusion runs in *model space* ``[-1, 1]``: ``x = 2 * x0 - 1``
 The schedule is hand-written (≈100 lines, tested against a NumPy computation) rather than taken
 from ``diffusers``: it keeps the dependency list short, the constants are float64 and exact, and
 the samplers need only ``alphas_cumprod``.
+
+Parameterisation (``prediction``): ``"eps"`` — the network predicts the noise ε (Ho et al.; the paper);
+``"v"`` — it predicts the velocity v = sqrt(ᾱ_t) ε − sqrt(1−ᾱ_t) x0 (Salimans & Ho 2022). The loss target
+is :meth:`GaussianDiffusion.target`, and samplers read the output through
+:meth:`GaussianDiffusion.split_output`, so nothing else depends on the choice.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from torch import Tensor, nn
 import torch.nn.functional as F
 
 from mddose.errors import MddoseError
+from mddose.utils.config import check_keys
 
-Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
+#: the network: ``model(x_t (B,1,H,W), t (B,) long, cond (B,C,H,W)) -> (B,1,H,W)`` (ε or v)
+Network = Callable[[Tensor, Tensor, Tensor], Tensor]
 SCHEDULES = ("linear", "cosine")
 
 
@@ -78,8 +85,18 @@ class GaussianDiffusion:
                 "beta_end": self.beta_end, "schedule": self.schedule, "prediction": self.prediction}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GaussianDiffusion":
-        return cls(**d)
+    def from_dict(cls, d: Any, where: str = "diffusion config") -> "GaussianDiffusion":
+        """Inverse of :meth:`to_dict` (missing keys: the defaults, e.g. ``prediction="eps"``); a non-object,
+        unknown keys or bad values → one-line :class:`MddoseError` naming ``where``."""
+        if not isinstance(d, dict):
+            raise MddoseError(f"{where}: diffusion must be a JSON object, got {type(d).__name__}")
+        check_keys(d, ("num_timesteps", "beta_start", "beta_end", "schedule", "prediction"), where, "diffusion.")
+        try:
+            return cls(**d)
+        except MddoseError as exc:
+            raise MddoseError(f"{where}: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise MddoseError(f"{where}: bad diffusion config ({exc})") from None
 
     @staticmethod
     def to_model(x0: Tensor) -> Tensor:
@@ -103,7 +120,8 @@ class GaussianDiffusion:
             self._extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
 
     def predict_x0(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        """x̂0 = (x_t - sqrt(1-ᾱ_t) ε) / sqrt(ᾱ_t) (model space, unclipped)."""
+        """x̂0 = (x_t - sqrt(1-ᾱ_t) ε) / sqrt(ᾱ_t) from a noise ``eps`` (model space, unclipped); for a network
+        output of either parameterisation use :meth:`split_output`."""
         return (x_t - self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / \
             self._extract(self.sqrt_alphas_cumprod, t, x_t)
 
@@ -127,7 +145,7 @@ class GaussianDiffusion:
         gdev = generator.device if generator is not None else device
         return torch.randint(0, self.num_timesteps, (batch,), generator=generator, device=gdev).to(device)
 
-    def loss(self, model: nn.Module | Denoiser, x0: Tensor, cond: Tensor, generator: torch.Generator | None = None,
+    def loss(self, model: nn.Module | Network, x0: Tensor, cond: Tensor, generator: torch.Generator | None = None,
              *, t: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
         """Scalar MSE between the target (ε, or v) and ``model(x_t, t, cond)`` (Ho et al.'s simple loss).
 

@@ -56,11 +56,20 @@ class DVH:
 
 
 def cumulative_dvh(roi_dose: np.ndarray, bins: np.ndarray) -> np.ndarray:
-    """(B,) fraction of the (N,) ROI doses that are ≥ each of the (B,) ascending ``bins``."""
+    """The cumulative DVH of one ROI: (B,) float64 fraction (0–1) of its voxels receiving ≥ each bin.
+
+    Args:
+        roi_dose: (N,) Gy, the doses of the ROI's voxels (any shape is flattened), e.g. ``dose[mask]``.
+        bins: (B,) doses in Gy (any order).
+
+    Raises:
+        ValueError for an empty ROI (N = 0): its DVH is undefined, as its ``D_x`` and ``V_d`` are
+        (:func:`dose_at_volume`, :func:`volume_at_dose`); callers leave empty ROIs out.
+    """
     roi_dose = np.sort(np.asarray(roi_dose, dtype=np.float64).ravel())
     bins = np.asarray(bins, dtype=np.float64)
     if roi_dose.size == 0:
-        return np.zeros(bins.shape)
+        raise ValueError("empty ROI: a DVH needs at least one voxel")
     below = np.searchsorted(roi_dose, bins, side="left")  # voxels with dose < bin
     return (roi_dose.size - below) / roi_dose.size
 

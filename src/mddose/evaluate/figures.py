@@ -5,10 +5,12 @@
   (0 … max reference dose), all error panels one symmetric diverging scale; the CT is drawn underneath in grey.
 * :func:`dvh_figure` — cumulative DVH curves per ROI: ground truth solid, predictions dashed/dotted,
   one colour per ROI.
+* :func:`score_boxplot` — box plots of per-patient scores by method (one panel per score).
 * :func:`default_slices` — good axial slices to show: the target's centre and slices either side of it.
-* :func:`cumulative_dvh` — the DVH curve itself (fraction of ROI voxels receiving ≥ d Gy).
-* :func:`viewer_frames` / :func:`viewer_panels` / :func:`encode_image` — small pre-rendered axial frames
-  (CT in grey with dose, error and uncertainty over it, composited with NumPy) for the HTML report's slice viewer.
+* :func:`figure_data_uri` — a Figure as a base64 PNG for self-contained HTML.
+
+The curves are :func:`mddose.evaluate.dvh.cumulative_dvh`; the HTML report's slice-viewer frames are drawn
+without matplotlib figures, in :mod:`mddose.evaluate.report.frames`.
 
 The figure functions take plain NumPy arrays in the patient contract's ``(Z, Y, X)`` order, draw on a
 :class:`matplotlib.figure.Figure` with its own Agg canvas (no pyplot, no global backend change), write the
@@ -18,7 +20,6 @@ PNG atomically when ``out_path`` is given and return the Figure for inspection. 
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -26,6 +27,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from mddose.errors import MddoseError
+from mddose.evaluate.dvh import cumulative_dvh
 from mddose.utils.fs import atomic_save
 
 #: Colour map of doses (the radiotherapy convention).
@@ -221,24 +223,6 @@ def dose_error_figure(ct: np.ndarray, reference: np.ndarray, predictions: Mappin
 
 
 # ---------------------------------------------------------------------------------------------- Fig. 3
-def cumulative_dvh(dose: np.ndarray, mask: np.ndarray, bins: np.ndarray) -> np.ndarray:
-    """Cumulative DVH: fraction of the ROI's voxels receiving at least each dose.
-
-    Args:
-        dose: (Z, Y, X) Gy.
-        mask: (Z, Y, X) bool ROI.
-        bins: (B,) doses in Gy.
-
-    Returns:
-        (B,) float64 in [0, 1]; NaN everywhere if the ROI is empty.
-    """
-    values = np.sort(np.asarray(dose, dtype=np.float64)[np.asarray(mask, dtype=bool)])
-    bins = np.asarray(bins, dtype=np.float64)
-    if values.size == 0:
-        return np.full(bins.shape, np.nan)
-    return 1.0 - np.searchsorted(values, bins, side="left") / values.size
-
-
 def dvh_figure(reference: np.ndarray, predictions: Mapping[str, np.ndarray] | np.ndarray,
                masks: Mapping[str, np.ndarray], voxel_volume: float | None = None,
                out_path: str | os.PathLike | None = None, *, max_dose: float | None = None,
@@ -281,10 +265,10 @@ def dvh_figure(reference: np.ndarray, predictions: Mapping[str, np.ndarray] | np
     roi_handles = []
     for i, (name, m) in enumerate(rois.items()):
         colour = cmap(i % cmap.N)
-        line, = ax.plot(bins, 100 * cumulative_dvh(reference, m, bins), color=colour, lw=1.6, ls="-")
+        line, = ax.plot(bins, 100 * cumulative_dvh(reference[m], bins), color=colour, lw=1.6, ls="-")
         line.set_gid(f"gt|{name}")
         for j, (method, p) in enumerate(preds.items()):
-            pl, = ax.plot(bins, 100 * cumulative_dvh(p, m, bins), color=colour, lw=1.4,
+            pl, = ax.plot(bins, 100 * cumulative_dvh(p[m], bins), color=colour, lw=1.4,
                           ls=METHOD_STYLES[j % len(METHOD_STYLES)])
             pl.set_gid(f"{method}|{name}")
         label = name if voxel_volume is None else f"{name} ({m.sum() * voxel_volume:.1f} cc)"
@@ -306,156 +290,38 @@ def dvh_figure(reference: np.ndarray, predictions: Mapping[str, np.ndarray] | np
     return fig
 
 
-# ---------------------------------------------------------------------------------------------- viewer frames
-def _colorize(values: np.ndarray, cmap_name: str, lo: float, hi: float) -> np.ndarray:
-    """(H, W) values → (H, W, 3) float RGB in [0, 1] through a matplotlib colour map."""
-    from matplotlib import colormaps
-
-    t = np.clip((values - lo) / ((hi - lo) or 1.0), 0.0, 1.0)
-    return colormaps[cmap_name](t)[..., :3]
-
-
-def colormap_stops(cmap_name: str, n: int = 9) -> list[str]:
-    """``n`` evenly spaced colours of a colour map as CSS ``rgb(...)`` strings (for HTML colour bars)."""
-    from matplotlib import colormaps
-
-    rgba = colormaps[cmap_name](np.linspace(0.0, 1.0, n))
-    return [f"rgb({int(r * 255)},{int(g * 255)},{int(b * 255)})" for r, g, b, _ in rgba]
-
-
-def _outline(mask2d: np.ndarray) -> np.ndarray:
-    """(H, W) bool → the mask's boundary pixels (4-neighbourhood)."""
-    m = np.pad(mask2d, 1)
-    inner = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
-    return mask2d & ~inner
-
-
-def viewer_panels(ct2d: np.ndarray, layers: Sequence[tuple],
-                  *, ct_window: tuple[float, float] = CT_WINDOW, outline: np.ndarray | None = None,
-                  outline_panels: Sequence[bool] | None = None, alpha: float = 0.7, gap: int = 2) -> np.ndarray:
-    """Composite one slice: panels side by side, each the CT in grey with one layer over it.
+def score_boxplot(scores: Mapping[str, Mapping[str, Mapping[str, float]]], out_path: str | os.PathLike | None = None,
+                  *, dpi: int = 100):
+    """Box plots of per-patient scores by method, one panel per score, each patient a dot over its box.
 
     Args:
-        ct2d: (H, W) HU.
-        layers: per panel ``(values (H, W) or None, colour map, low, high[, show (H, W) bool])``: the
-            layer covers the ``show`` voxels; without ``show``, voxels whose value lies within 2 % of the
-            range around ``low`` (for diverging maps: around 0) are left transparent.
-        outline: (H, W) bool drawn in white (e.g. the target's contour) on the panels flagged in
-            ``outline_panels`` (default: every panel).
-        gap: dark pixels between panels.
-
+        scores: score label → method → {patient: value} (e.g. ``{"Dose score (Gy)": {"MD-Dose": {...}}}``).
     Returns:
-        (H, P·W + (P−1)·gap, 3) uint8 RGB.
+        The Figure (``fig.axes[i]`` is score ``i``; the boxes' artists carry ``gid`` = the method name).
     """
-    grey = np.clip((ct2d - ct_window[0]) / (ct_window[1] - ct_window[0]), 0.0, 1.0)
-    base = np.repeat(grey[..., None], 3, axis=2)
-    panels = []
-    flags = list(outline_panels) if outline_panels is not None else [True] * len(layers)
-    for layer, with_outline in zip(layers, flags):
-        values, cmap, lo, hi = layer[:4]
-        rgb = base.copy()
-        if values is not None:
-            zero = 0.0 if lo < 0 < hi else lo
-            show = layer[4] if len(layer) > 4 else np.abs(values - zero) > 0.02 * (hi - lo)
-            col = _colorize(values, cmap, lo, hi)
-            rgb[show] = (1 - alpha) * rgb[show] + alpha * col[show]
-        if outline is not None and with_outline:
-            rgb[outline] = 1.0
-        panels.append(rgb)
-        panels.append(np.full((ct2d.shape[0], gap, 3), 0.1))
-    return (np.concatenate(panels[:-1], axis=1) * 255 + 0.5).astype(np.uint8)
-
-
-def encode_image(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 85) -> str:
-    """(H, W, 3) uint8 → a ``data:`` URI (base64) of a JPEG or palette PNG."""
-    import base64
-    import io
-
-    from PIL import Image
-
-    img = Image.fromarray(rgb, mode="RGB")
-    buf = io.BytesIO()
-    if fmt == "jpeg":
-        img.save(buf, format="JPEG", quality=quality, optimize=True)
-        mime = "image/jpeg"
-    elif fmt == "png":
-        img.quantize(colors=256).save(buf, format="PNG", optimize=True)
-        mime = "image/png"
-    else:
-        raise MddoseError(f"encode_image: unknown format {fmt!r} (jpeg or png)")
-    return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
-
-
-def viewer_frames(patient, prediction: np.ndarray, std: np.ndarray | None = None, *,
-                  max_px: int = 160, max_frames: int = 64, fmt: str = "jpeg") -> dict:
-    """Pre-rendered axial frames of one patient (a :class:`mddose.data.patient.Patient`) for the HTML viewer.
-
-    Only slices with dose (reference or prediction above 1 % of its maximum) are kept, at most
-    ``max_frames`` (evenly strided). In-plane the frames are cropped to the dose region and
-    possible-dose mask (plus a margin), strided down to at most ``max_px`` pixels, and small crops are
-    enlarged by an integer factor (nearest neighbour) to about ``max_px`` pixels.
-
-    Returns:
-        ``{"src": [data URI], "label": [str], "start": int, "panels": [(title, cmap, lo, hi, unit)],
-        "aspect": float (width / height of the image)}``.
-    """
-    ref = patient.dose
-    vmax = float(ref.max()) if ref is not None and ref.size else float(prediction.max())
-    vmax = vmax or 1.0
-    dose_region = np.zeros(patient.shape, dtype=bool)
-    for vol in (ref, prediction):
-        if vol is not None:
-            dose_region |= vol > 0.01 * vmax
-    level = dose_region.reshape(patient.shape[0], -1).any(1)
-    zs = np.flatnonzero(level) if level.any() else np.arange(patient.shape[0])
-    if zs.size > max_frames:
-        zs = zs[np.linspace(0, zs.size - 1, max_frames).round().astype(int)]
-    region2d = dose_region.any(0)
-    if patient.possible_dose_mask is not None:
-        region2d |= patient.possible_dose_mask.any(0)
-    rows, cols = slice(None), slice(None)
-    if region2d.any():
-        r, c = np.flatnonzero(region2d.any(1)), np.flatnonzero(region2d.any(0))
-        rows = slice(max(r[0] - 4, 0), min(r[-1] + 5, patient.shape[1]))
-        cols = slice(max(c[0] - 4, 0), min(c[-1] + 5, patient.shape[2]))
-    ny, nx = len(range(patient.shape[1])[rows]), len(range(patient.shape[2])[cols])
-    step = max(1, math.ceil(max(ny, nx) / max_px))
-    ny, nx = len(range(0, ny, step)), len(range(0, nx, step))
-    zoom = max(1, max_px // max(ny, nx))
-    rows = slice(rows.start, rows.stop, step)
-    cols = slice(cols.start, cols.stop, step)
-    panels = [("Prediction", DOSE_CMAP, 0.0, vmax, "Gy")]
-    err = None
-    if ref is not None:
-        panels.append(("Ground truth", DOSE_CMAP, 0.0, vmax, "Gy"))
-        err = prediction - ref
-        region = patient.dose_mask()
-        lim = robust_limit(np.abs(err[region]))
-        panels.append(("Error (prediction − GT)", ERROR_CMAP, -(lim or 1.0), lim or 1.0, "Gy"))
-    if std is not None:
-        panels.append(("Uncertainty (σ)", "magma", 0.0, robust_limit(std[patient.dose_mask()]) or 1.0, "Gy"))
-    target = np.zeros(patient.shape, dtype=bool)
-    for t in patient.targets:
-        target |= patient.masks[t]
-    src, labels = [], []
-    for z in zs:
-        sl = (int(z), rows, cols)
-        vols = [prediction] + ([ref, err] if ref is not None else []) + ([std] if std is not None else [])
-        layers = [(v[sl], cmap, lo, hi) for v, (_, cmap, lo, hi, _) in zip(vols, panels)]
-        if err is not None:  # the error is shown over the whole dose region, zero included (white)
-            layers[2] = layers[2] + (dose_region[sl],)
-        frame = viewer_panels(patient.ct[sl], layers, outline=_outline(target[sl]) if target.any() else None,
-                              outline_panels=[p[1] == DOSE_CMAP for p in panels])
-        if zoom > 1:
-            frame = np.repeat(np.repeat(frame, zoom, axis=0), zoom, axis=1)
-        src.append(encode_image(frame, fmt=fmt))
-        pos = patient.origin[2] + float(patient.direction[2, 2]) * patient.spacing[0] * int(z)
-        labels.append(f"slice {int(z)} of {patient.shape[0]} (z = {pos:.1f} mm)")
-    centre = int(np.rint(np.mean(np.nonzero(target)[0]))) if target.any() else int(zs[len(zs) // 2])
-    start = int(np.argmin(np.abs(zs - centre)))
-    h = ny * patient.spacing[1]
-    w = nx * patient.spacing[2] * len(panels)
-    return {"src": src, "label": labels, "start": start, "panels": panels, "aspect": w / h}
+    labels = [k for k, v in scores.items() if any(len(x) for x in v.values())]
+    if not labels:
+        raise MddoseError("score_boxplot: no scores to draw")
+    methods = list(dict.fromkeys(m for k in labels for m in scores[k]))
+    fig = _new_figure(max(4.0, 1.1 * len(methods) + 1.5) * len(labels), 3.8, dpi=dpi)
+    axes = fig.subplots(1, len(labels), squeeze=False)[0]
+    rng = np.random.default_rng(0)                      # jitter of the dots only
+    for ax, label in zip(axes, labels):
+        data = [np.array([v for v in scores[label].get(m, {}).values() if np.isfinite(v)]) for m in methods]
+        keep = [i for i, d in enumerate(data) if d.size]
+        box = ax.boxplot([data[i] for i in keep], positions=[i + 1 for i in keep], widths=0.55, showfliers=False,
+                         patch_artist=True)
+        for i, patch in zip(keep, box["boxes"]):
+            patch.set(facecolor="#cfe2f3", edgecolor="#2b5d8a", gid=methods[i])
+        for i in keep:
+            ax.plot(i + 1 + rng.uniform(-0.12, 0.12, data[i].size), data[i], "o", ms=3.5, color="#333", alpha=0.7)
+        ax.set_xticks(range(1, len(methods) + 1), methods, rotation=30, ha="right", fontsize=8)
+        ax.set_xlim(0.4, len(methods) + 0.6)
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    if out_path is not None:
+        save_figure(fig, out_path)
+    return fig
 
 
 def figure_data_uri(fig, dpi: int | None = None) -> str:

@@ -4,7 +4,9 @@ Conventions of the official evaluator (``DoseEvaluator`` in ababier/open-kbp, pr
 here and checked against its numbers in ``openkbp-reference/expected_scores.json``:
 
 * **Dose error** of a patient = ``Σ |reference − prediction|`` over the **whole grid** (the prediction is
-  *not* multiplied by the possible-dose mask) ÷ the number of voxels in the possible-dose mask.
+  *not* multiplied by the possible-dose mask) ÷ the number of voxels in the possible-dose mask. The mask
+  is part of the data (``possible_dose_mask.csv``); a patient without one is refused, not scored over the
+  whole grid.
   **Dose score** = mean over patients.
 * **DVH metrics** are computed on the voxels of each ROI of the reference patient (the prediction's
   masks are the reference's):
@@ -204,30 +206,20 @@ def score_patient(reference_dose: np.ndarray, prediction: np.ndarray, masks: Map
     Args:
         reference_dose, prediction: (Z, Y, X) Gy.
         masks: ROI name → (Z, Y, X) bool.
-        possible_dose_mask: (Z, Y, X) bool or None (every voxel).
+        possible_dose_mask: (Z, Y, X) bool, required: the dose error divides by its voxel count. A
+            missing mask is refused (ValueError), never replaced by the whole grid, which would divide by
+            every voxel and give a far too small error (e.g. 0.98 Gy instead of 31.5 Gy). The OpenKBP
+            evaluator reads the mask shipped with each patient (``possible_dose_mask.csv``); it does not
+            derive one, so neither does mddose.
         spacing: voxel sizes in mm.
         prescriptions: target name → Gy (which names are targets).
     """
-    pdm = np.ones(np.shape(reference_dose), dtype=bool) if possible_dose_mask is None else possible_dose_mask
-    err = dose_error(reference_dose, prediction, pdm)
+    if possible_dose_mask is None:
+        raise ValueError("no possible-dose mask: the OpenKBP dose error divides by its voxel count")
+    err = dose_error(reference_dose, prediction, possible_dose_mask)
     vol = voxel_volume_mm3(spacing)
     oars, targets = roi_lists(masks, prescriptions)
     ref = dvh_metrics(reference_dose, masks, vol, targets=targets, oars=oars)
     pred = dvh_metrics(prediction, masks, vol, targets=targets, oars=oars)
     return err, ref, pred
 
-
-def openkbp_scores(references: Sequence, predictions: Mapping[str, np.ndarray]) -> OpenKBPScores:
-    """OpenKBP scores of ``predictions`` (patient id → (Z, Y, X) Gy) against reference Patients.
-
-    Reference patients without a prediction are skipped.
-    """
-    scores = OpenKBPScores()
-    for p in references:
-        if p.id not in predictions:
-            continue
-        if p.dose is None:
-            raise ValueError(f"patient {p.id}: reference has no dose")
-        scores.add(p.id, *score_patient(p.dose, predictions[p.id], p.masks, p.possible_dose_mask,
-                                        p.spacing, p.prescriptions))
-    return scores

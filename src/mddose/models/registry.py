@@ -4,25 +4,44 @@ Two kinds of model, declared by each registry entry (``kind``):
 
 * ``"diffusion"`` — a denoiser with one interface, ``model(x_t, t, cond) -> output`` with
   ``x_t: (B, 1, H, W)``, ``t: (B,)`` (integer timesteps, long or float), ``cond: (B, C, H, W)``,
-  returning ``(B, 1, H, W)`` (ε, v or x₀ as the diffusion config says) — samplers and the trainer
-  never know which network they drive.
+  returning ``(B, 1, H, W)`` (ε or v, as the diffusion config's ``prediction`` says) — samplers and the
+  trainer never know which network they drive.
 * ``"regression"`` — a direct dose regressor over whole volumes, ``model(cond) -> dose`` with
   ``cond: (B, C, D, H, W)`` returning ``(B, 1, D, H, W)``; ``model.training_outputs(cond)`` returns
   ``[(weight, prediction), ...]`` for deep supervision (C3D: ``[(0.5, A), (1.0, B)]``).
+
+Every architecture registers itself when its module is imported, and ``mddose/models/__init__.py`` imports
+them all; since Python imports a package before any of its modules, importing this module from anywhere
+(``from mddose.models.registry import build_model``) has registered every architecture — this module never
+imports the package back (no import cycle).
 
 Every config has an ``in_channels`` field. Each entry also records ``dims`` (2 or 3), ``fidelity``
 (``"official-code"``: layer for layer from the authors' code; ``"paper"``: from the paper;
 ``"reconstruction"``: designed by us where nothing is published) and ``source`` (one line).
 
-Usage::
+Usage — ``register_model(name, config_cls, presets=None, *, kind, dims, fidelity, source, notes, choices)``
+decorates the builder ``builder(config) -> nn.Module`` (this example runs as a test,
+``tests/models/test_registry.py``)::
 
-    @register_model("md-dose", MDDoseConfig, presets={"small": {...}, "paper": {...}},
-                    kind="diffusion", dims=2, fidelity="paper", source="Fu et al. 2024 ...")
-    def build(cfg: MDDoseConfig) -> nn.Module: ...
-
-    model = build_model("md-dose", preset="small", in_channels=10)
-    cfg = model.config                      # the frozen config, saved next to the weights
-    model2 = build_model_from_dict(cfg.to_dict())
+    >>> from dataclasses import dataclass
+    >>> from torch import nn
+    >>> @dataclass(frozen=True)
+    ... class PlainConfig(ModelConfig):
+    ...     in_channels: int = 2
+    ...     width: int = 16
+    >>> @register_model("plain", PlainConfig, presets={"tiny": {"width": 4}}, kind="regression", dims=3,
+    ...                 fidelity="reconstruction", source="an example")
+    ... def build_plain(cfg: PlainConfig) -> nn.Module:
+    ...     return nn.Conv3d(cfg.in_channels, 1, 3, padding=1)
+    >>> model = build_model("plain", preset="tiny", in_channels=9)
+    >>> model.config                        # the frozen config, saved next to the weights
+    PlainConfig(in_channels=9, width=4)
+    >>> model.config.to_dict()
+    {'in_channels': 9, 'width': 4, 'model': 'plain'}
+    >>> build_model_from_dict(model.config.to_dict()).config == model.config
+    True
+    >>> model_info("plain").kind, available_models()["plain"]
+    ('regression', ['tiny'])
 """
 
 from __future__ import annotations
@@ -34,6 +53,7 @@ from typing import Any, Callable, Sequence
 from torch import nn
 
 from mddose.errors import MddoseError
+from mddose.utils.config import dataclass_from_dict
 
 
 @dataclass(frozen=True)
@@ -47,14 +67,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "model config") -> "ModelConfig":
-        """Build from a dict, rejecting unknown keys with a one-line :class:`MddoseError`."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k != "model"}
-        unknown = sorted(set(d) - set(fields))
-        if unknown:
-            raise MddoseError(f"{where}: unknown key(s) {', '.join(unknown)} for model {_NAME_OF.get(cls, cls.__name__)}")
-        conv = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**conv)
+        """Inverse of :meth:`to_dict` (the ``"model"`` key is ignored): :func:`mddose.utils.config.dataclass_from_dict`,
+        so unknown keys and a non-object raise a one-line :class:`MddoseError` naming ``where``."""
+        return dataclass_from_dict(cls, d, where, ignore=("model",))
 
 
 KINDS = ("diffusion", "regression")
@@ -113,20 +128,13 @@ def register_model(name: str, config_cls: type[ModelConfig], presets: dict[str, 
     return deco
 
 
-def _ensure_loaded() -> None:
-    # Importing the package registers every architecture (each file registers itself).
-    import mddose.models  # noqa: F401
-
-
 def available_models() -> dict[str, list[str]]:
     """Model name → list of preset names."""
-    _ensure_loaded()
     return {n: list(e.presets) for n, e in sorted(_REGISTRY.items())}
 
 
 def model_info(name: str) -> ModelInfo:
     """The registry's :class:`ModelInfo` of model ``name`` (kind, dims, fidelity, source)."""
-    _ensure_loaded()
     if name not in _REGISTRY:
         raise MddoseError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name].info
@@ -134,13 +142,11 @@ def model_info(name: str) -> ModelInfo:
 
 def info_of(config: ModelConfig) -> ModelInfo:
     """The :class:`ModelInfo` of the model a config belongs to."""
-    _ensure_loaded()
     return _REGISTRY[_NAME_OF[type(config)]].info
 
 
 def make_config(name: str, preset: str | None = None, **overrides: Any) -> ModelConfig:
     """The config of model ``name`` from ``preset`` (or the class defaults) with ``overrides``."""
-    _ensure_loaded()
     if name not in _REGISTRY:
         raise MddoseError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     entry = _REGISTRY[name]
@@ -155,7 +161,6 @@ def make_config(name: str, preset: str | None = None, **overrides: Any) -> Model
 
 def build_model(name_or_config: str | ModelConfig, preset: str | None = None, **overrides: Any) -> nn.Module:
     """Build a model from a name (+ preset, overrides) or from a config; sets ``model.config``."""
-    _ensure_loaded()
     cfg = name_or_config if isinstance(name_or_config, ModelConfig) else make_config(name_or_config, preset, **overrides)
     model = _REGISTRY[_NAME_OF[type(cfg)]].builder(cfg)
     model.config = cfg
@@ -164,7 +169,6 @@ def build_model(name_or_config: str | ModelConfig, preset: str | None = None, **
 
 def build_model_from_dict(d: dict[str, Any], where: str = "model config") -> nn.Module:
     """Build from ``config.to_dict()`` output (the ``"model"`` key names the architecture)."""
-    _ensure_loaded()
     name = d.get("model")
     if name not in _REGISTRY:
         raise MddoseError(f"{where}: unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")

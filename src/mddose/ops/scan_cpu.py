@@ -43,9 +43,9 @@ _lock = threading.Lock()
 def cache_dir() -> Path:
     """Directory of compiled kernels: ``$MDDOSE_CACHE_DIR/kernels`` or ``~/.cache/mddose/kernels``
     (a per-user temporary directory is used if that one cannot be written)."""
-    root = os.environ.get("MDDOSE_CACHE_DIR")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "mddose"
-    return base / "kernels"
+    from mddose.utils.config import cache_root
+
+    return cache_root() / "kernels"
 
 
 def compiler() -> str:

@@ -6,14 +6,18 @@ A checkpoint directory holds::
     ema.safetensors          EMA weights (what prediction uses)
     config.json              format/version, mddose version, model kind and config (model.config.to_dict()),
                              data config (``slice_config`` of 2D models or ``volume_config`` of 3D ones),
-                             train config, diffusion config (None for regression models), step, epoch
+                             train config, diffusion config (None for regression models), step, epoch, and
+                             ``files``: size and SHA-256 of every other file (written last)
     train_state.safetensors  optimizer tensors, RNG states (torch CPU/CUDA, noise generator)
     train_state.json         optimizer scalars/param groups, GradScaler, EMA counter, NumPy and Python
                              RNG states, step/epoch/position, best score
 
 Directories are written with :func:`mddose.utils.fs.atomic_dir`, so a killed run leaves either the
-old or the new checkpoint. :func:`load_checkpoint` validates everything and raises one-line
-:class:`MddoseError` messages; ``torch.load`` is never used.
+old or the new checkpoint. :func:`load_checkpoint` and :func:`load_train_state` check every file of the
+checkpoint before anything is built or loaded (:mod:`mddose.train.integrity`: safetensors headers always;
+sizes and SHA-256 checksums when recorded — checkpoints written before checksums existed still load, with
+a warning), refuse NaN or infinite weights, and raise one-line :class:`MddoseError` messages naming the
+file; ``torch.load`` is never used. The training-state files are optional for prediction.
 """
 
 from __future__ import annotations
@@ -30,12 +34,16 @@ import torch
 from torch import nn
 
 from mddose.errors import MddoseError
+from mddose.train.integrity import check_finite, check_finite_file, file_record, verify_files
+from mddose.utils.config import dataclass_from_dict, read_json_object
 from mddose.utils.fs import atomic_dir, atomic_write
 
 FORMAT = "mddose-checkpoint"
 FORMAT_VERSION = 1
 FILES = ("model.safetensors", "ema.safetensors", "config.json", "train_state.safetensors", "train_state.json")
+#: what prediction needs; TRAIN_STATE_FILES are needed to resume
 WEIGHT_FILES = ("model.safetensors", "ema.safetensors", "config.json")
+TRAIN_STATE_FILES = ("train_state.safetensors", "train_state.json")
 
 
 # ---------------------------------------------------------------------------- small I/O helpers
@@ -49,13 +57,16 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a (verified) safetensors file; NaN/Inf in floating-point tensors → MddoseError."""
     from safetensors.torch import load_file
     if not path.is_file():
         raise MddoseError("checkpoint file missing", path)
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types for truncation/corruption
         raise MddoseError(f"corrupt or truncated safetensors file ({str(exc).splitlines()[0]})", path) from None
+    check_finite(tensors, path)
+    return tensors
 
 
 def _write_json(obj: Any, path: Path) -> None:
@@ -64,12 +75,7 @@ def _write_json(obj: Any, path: Path) -> None:
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise MddoseError("checkpoint file missing", path)
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise MddoseError(f"unreadable JSON ({exc})", path) from None
+    return read_json_object(path, "checkpoint file")
 
 
 # ---------------------------------------------------------------------------- optimizer / RNG state
@@ -152,12 +158,12 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, ema: nn.Module
 
     Args:
         config: from :func:`checkpoint_config`. state: JSON scalars (step, epoch, position, ...).
+    ``config.json`` is written last, with ``config["files"]``: the size and SHA-256 of every other file.
     """
     path = Path(path)
     with atomic_dir(path, force=True) as tmp:
         _save_tensors(unwrap(model).state_dict(), tmp / "model.safetensors")
         _save_tensors(unwrap(ema).state_dict(), tmp / "ema.safetensors")
-        _write_json(config, tmp / "config.json")
         if optimizer is not None:
             t_opt, j_opt = optimizer_state(optimizer)
             t_rng, j_rng = rng_state(noise_gen)
@@ -165,6 +171,8 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, ema: nn.Module
             js = {"optimizer": j_opt, "rng": j_rng, "state": state or {},
                   "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None}
             _write_json(js, tmp / "train_state.json")
+        files = {f.name: file_record(f) for f in sorted(tmp.iterdir()) if f.name != "config.json"}
+        _write_json({**config, "files": files}, tmp / "config.json")
     return path
 
 
@@ -231,77 +239,73 @@ class CheckpointBundle:
         return self.volume_config if self.kind == "regression" else self.slice_config
 
 
-def _slice_config(d: dict | None):
-    if d is None:
-        return None
-    try:
-        from mddose.data.slices import SliceConfig
-    except ImportError:
-        return d
-    return slice_config_from_dict(SliceConfig, d)
-
-
-def slice_config_from_dict(cls, d: dict):
-    """``cls(**d)`` with lists → tuples (frozen dataclass fields), unknown keys → MddoseError."""
-    if hasattr(cls, "from_dict"):
-        return cls.from_dict(d)
-    import dataclasses
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise MddoseError(f"slice config: unknown key(s) {', '.join(unknown)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+def _data_config(cfg: dict, key: str, where: Path):
+    """The SliceConfig (``key="slice_config"``) or VolumeConfig (``"volume_config"``) of a checkpoint."""
+    if key == "slice_config":
+        from mddose.data.inputs.slices import SliceConfig as cls
+    else:
+        from mddose.data.inputs.volume import VolumeConfig as cls
+    return dataclass_from_dict(cls, cfg.get(key), str(where), prefix=f"{key}.")
 
 
 def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu", raw: bool = False,
                     model: nn.Module | None = None) -> CheckpointBundle:
     """Load a checkpoint directory for prediction (EMA weights, eval mode).
 
+    Every file is checked first (:func:`mddose.train.integrity.verify_files`: size, safetensors header and
+    the SHA-256 recorded in config.json, also for the raw weights and the training state that prediction
+    does not use), then the configs, and only then is the model built and loaded.
+
     Args:
         model: an already-built model to load into (default: built from config.json via the registry).
         raw: also return the raw (non-EMA) weights in ``raw_state``.
     Raises:
-        MddoseError: missing files, truncated/corrupt safetensors, unsupported format version, or
-        weights that do not fit the model.
+        MddoseError: missing, truncated, damaged or replaced files, an unsupported format version, NaN or
+        infinite weights, bad configs, or weights that do not fit the model — one line naming the file.
     """
-    from mddose.diffusion import GaussianDiffusion
     from mddose.train.config import TrainConfig
 
     path = Path(path)
     cfg = read_checkpoint_config(path)
-    for name in WEIGHT_FILES:
-        if not (path / name).is_file():
-            raise MddoseError("checkpoint file missing", path / name)
-    if model is None:
-        if not cfg.get("model"):
-            raise MddoseError("checkpoint has no model config", path / "config.json")
-        from mddose.models.registry import build_model_from_dict
-        model = build_model_from_dict(cfg["model"], where=str(path / "config.json"))
-    ema_sd = _load_tensors(path / "ema.safetensors")
-    raw_sd = _load_tensors(path / "model.safetensors") if raw else None
-    load_state_dict_checked(model, ema_sd, path / "ema.safetensors")
-    if raw_sd is not None:
-        check_state_dict(model, raw_sd, path / "model.safetensors")
-    model.to(device).eval()
+    verify_files(path, cfg, required=("model.safetensors", "ema.safetensors"), optional=TRAIN_STATE_FILES)
+    where = path / "config.json"
+    kind = cfg.get("kind", "diffusion")
+    if kind not in ("diffusion", "regression"):
+        raise MddoseError(f"unknown model kind {kind!r}", where)
+    if kind == "regression" and not isinstance(cfg.get("volume_config"), dict):
+        raise MddoseError("checkpoint of a 3D model has no volume_config", where)
+    data_key = "volume_config" if kind == "regression" else "slice_config"
+    data_cfg = None if cfg.get(data_key) is None else _data_config(cfg, data_key, where)
+    diffusion = _diffusion(cfg.get("diffusion"), where) if kind == "diffusion" else None
     try:
         tcfg = TrainConfig.from_dict(cfg.get("train_config") or {})
     except (MddoseError, TypeError):
         tcfg = cfg.get("train_config")
-    kind = cfg.get("kind", "diffusion")
-    if kind == "regression":
-        from mddose.data.volume import VolumeConfig
-        vol = cfg.get("volume_config")
-        if not isinstance(vol, dict):
-            raise MddoseError("checkpoint of a 3D model has no volume_config", path / "config.json")
-        return CheckpointBundle(model=model, model_config=getattr(model, "config", cfg.get("model")),
-                                slice_config=None, train_config=tcfg, diffusion=None, meta=cfg, raw_state=raw_sd,
-                                path=path, kind=kind, volume_config=VolumeConfig.from_dict(vol))
-    if kind != "diffusion":
-        raise MddoseError(f"unknown model kind {kind!r}", path / "config.json")
-    diffusion = GaussianDiffusion(**(cfg.get("diffusion") or {}))
+    if model is None:
+        if not cfg.get("model"):
+            raise MddoseError("checkpoint has no model config", where)
+        from mddose.models.registry import build_model_from_dict
+        model = build_model_from_dict(cfg["model"], where=str(where))
+    ema_sd = _load_tensors(path / "ema.safetensors")
+    load_state_dict_checked(model, ema_sd, path / "ema.safetensors")
+    if raw:
+        raw_sd = _load_tensors(path / "model.safetensors")
+        check_state_dict(model, raw_sd, path / "model.safetensors")
+    else:
+        raw_sd = None
+        check_finite_file(path / "model.safetensors")
+    model.to(device).eval()
     return CheckpointBundle(model=model, model_config=getattr(model, "config", cfg.get("model")),
-                            slice_config=_slice_config(cfg.get("slice_config")), train_config=tcfg,
-                            diffusion=diffusion, meta=cfg, raw_state=raw_sd, path=path)
+                            slice_config=data_cfg if kind == "diffusion" else None, train_config=tcfg,
+                            diffusion=diffusion, meta=cfg, raw_state=raw_sd, path=path, kind=kind,
+                            volume_config=data_cfg if kind == "regression" else None)
+
+
+def _diffusion(d: Any, where: Path):
+    """The GaussianDiffusion of a checkpoint's ``diffusion`` entry (None or {} = the defaults)."""
+    from mddose.diffusion import GaussianDiffusion
+
+    return GaussianDiffusion.from_dict({} if d is None else d, str(where))
 
 
 def load_train_state(path: str | os.PathLike, *, model: nn.Module, ema: nn.Module,
@@ -309,10 +313,11 @@ def load_train_state(path: str | os.PathLike, *, model: nn.Module, ema: nn.Modul
                      noise_gen: torch.Generator | None = None) -> dict:
     """Restore everything needed to continue training; returns the JSON ``state`` scalars."""
     path = Path(path)
-    read_checkpoint_config(path)
-    for name in FILES:
-        if not (path / name).is_file():
+    cfg = read_checkpoint_config(path)
+    for name in TRAIN_STATE_FILES:
+        if not (path / name).exists():
             raise MddoseError("checkpoint file missing (cannot resume)", path / name)
+    verify_files(path, cfg, required=("model.safetensors", "ema.safetensors", *TRAIN_STATE_FILES))
     load_state_dict_checked(unwrap(model), _load_tensors(path / "model.safetensors"), path / "model.safetensors")
     load_state_dict_checked(ema, _load_tensors(path / "ema.safetensors"), path / "ema.safetensors")
     tensors = _load_tensors(path / "train_state.safetensors")
@@ -322,6 +327,10 @@ def load_train_state(path: str | os.PathLike, *, model: nn.Module, ema: nn.Modul
         set_rng_state(tensors, js["rng"], noise_gen)
         if scaler is not None and scaler.is_enabled() and js.get("scaler"):
             scaler.load_state_dict(js["scaler"])
-    except (KeyError, ValueError, RuntimeError) as exc:
-        raise MddoseError(f"inconsistent training state ({str(exc).splitlines()[0]})", path) from None
-    return js["state"]
+        state = js["state"]
+        if not isinstance(state, dict):
+            raise ValueError("'state' is not an object")
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MddoseError(f"inconsistent training state ({msg})", path) from None
+    return state

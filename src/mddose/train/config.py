@@ -24,7 +24,16 @@ JSON example::
     {"model": "md-dose", "preset": "small", "slices": {"size": 64},
      "data": {"phantoms": {"n": 8, "seed": 0, "size": 64}}, "epochs": 5, "recipe": "public"}
 
-Unknown keys (top level, in ``data`` or ``diffusion``) raise :class:`MddoseError` naming key and file.
+Unknown keys (top level, in ``data``, ``data.phantoms``, ``diffusion``, ``slices`` or ``volume``) and values of
+the wrong type or range (``"lr": "fast"``, ``"epochs": "10"``, ``true`` where a number is expected, NaN, a
+negative ``grad_clip``, ``max_steps`` ≤ 0, ``checkpoint_every`` < 1, ...) raise one-line :class:`MddoseError`
+messages naming the key and the file (:meth:`TrainConfig.check`).
+
+``grad_clip``: the maximum global gradient norm; ``0`` turns clipping off (as ``null`` does when the recipe has
+none), a negative value is refused (``clip_grad_norm_`` would turn the gradient around: gradient ascent).
+
+On ``--resume`` the config may differ from the run's only in :data:`RESUME_MAY_CHANGE` (the budget, and
+settings that do not change what is computed); anything else is refused (:func:`resume_differences`).
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from mddose.errors import MddoseError
+from mddose.utils.config import check_keys, dataclass_from_dict, read_json_object
 
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {"batch_size": 16, "lr": 1e-2, "lr_schedule": "half-linear", "lr_min": 1e-4,
@@ -50,6 +60,18 @@ RECIPES: dict[str, dict[str, Any]] = {
 #: Fields every recipe may leave out, and their value then.
 RECIPE_DEFAULTS: dict[str, Any] = {"weight_decay": 0.0, "amsgrad": False}
 LR_SCHEDULES = ("constant", "half-linear", "cosine")
+#: fields a resumed run may change: its budget, and settings that do not change what is computed
+RESUME_MAY_CHANGE = ("epochs", "max_steps", "time_budget_s", "device", "num_workers", "log_dir", "checkpoint_every")
+
+
+@dataclass(frozen=True)
+class PhantomsConfig:
+    """``data.phantoms``: ``n`` training and ``val`` validation phantoms of ``size``² slices from ``seed``."""
+
+    n: int = 8
+    seed: int = 0
+    size: int = 64
+    val: int = 2
 
 
 @dataclass(frozen=True)
@@ -114,33 +136,76 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ recipe resolution
     def resolved(self) -> "TrainConfig":
-        """A copy with every ``None`` recipe field filled from :data:`RECIPES`; validates values."""
-        if self.recipe not in RECIPES:
-            raise MddoseError(f"train config: unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
+        """A copy with every ``None`` recipe field filled from :data:`RECIPES`; validates values (:meth:`check`)."""
+        self.check()
         recipe = {**RECIPE_DEFAULTS, **RECIPES[self.recipe]}
         fill = {k: v for k, v in recipe.items() if getattr(self, k) is None}
         cfg = dataclasses.replace(self, **fill)
-        cfg._validate()
+        cfg.check()
         return cfg
 
-    def _validate(self) -> None:
-        def bad(msg: str):
-            raise MddoseError(f"train config: {msg}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            bad(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        for k in ("epochs", "batch_size"):
-            if not (isinstance(getattr(self, k), int) and getattr(self, k) >= 1):
-                bad(f"{k} must be a positive integer, got {getattr(self, k)!r}")
-        if not (self.lr and self.lr > 0 and self.lr_min and self.lr_min > 0):
-            bad(f"lr and lr_min must be positive, got {self.lr}, {self.lr_min}")
-        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            bad(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if not isinstance(self.amsgrad, bool):
-            bad(f"amsgrad must be true or false, got {self.amsgrad!r}")
-        if not 0 <= self.ema_decay < 1:
-            bad(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.amp_dtype not in ("bfloat16", "float16"):
-            bad(f"amp_dtype must be bfloat16 or float16, got {self.amp_dtype!r}")
+    def check(self, where: str = "train config") -> "TrainConfig":
+        """Validate every field's type and range (``None`` is allowed where a recipe fills it); returns self.
+
+        Raises:
+            MddoseError: one line naming ``where`` (the file), the key, the expectation and the value.
+        """
+        for k, typ in (("model", str), ("recipe", str), ("device", str), ("preset", (str, type(None))),
+                       ("log_dir", (str, type(None)))):
+            if not isinstance(getattr(self, k), typ):
+                raise MddoseError(f"{where}: {k} must be a string, got {getattr(self, k)!r}")
+        for k, choices in (("recipe", tuple(RECIPES)), ("lr_schedule", LR_SCHEDULES),
+                           ("amp_dtype", ("bfloat16", "float16")), ("val_sampler", _samplers())):
+            v = getattr(self, k)
+            if v is None and k == "lr_schedule":        # from the recipe
+                continue
+            if not isinstance(v, str) or v not in choices:
+                raise MddoseError(f"{where}: {k} must be one of {', '.join(choices)}, got {v!r}")
+        for k in ("model_overrides", "slices", "volume"):
+            if not isinstance(getattr(self, k), dict):
+                raise MddoseError(f"{where}: '{k}' must be a JSON object, got {getattr(self, k)!r}")
+        for k, lo, optional in (("epochs", 1, False), ("batch_size", 1, True), ("seed", None, False),
+                                ("num_workers", 0, False), ("val_every", 0, False), ("val_steps", 1, False),
+                                ("checkpoint_every", 1, True), ("max_steps", 1, True)):
+            if getattr(self, k) is not None or not optional:
+                _need_int(k, getattr(self, k), lo, where)
+        for k, limits in (("lr", {"above": 0}), ("lr_min", {"above": 0}), ("weight_decay", {"at_least": 0}),
+                          ("ema_decay", {"at_least": 0, "below": 1}), ("time_budget_s", {"at_least": 0}),
+                          ("grad_clip", {"at_least": 0, "hint": " (0 turns clipping off)"})):
+            if getattr(self, k) is not None:
+                _need_number(k, getattr(self, k), where, **limits)
+        for k in ("amsgrad", "ema_warmup", "amp"):
+            if getattr(self, k) is not None and not isinstance(getattr(self, k), bool):
+                raise MddoseError(f"{where}: {k} must be true or false, got {getattr(self, k)!r}")
+        self._check_sections(where)
+        return self
+
+    def _check_sections(self, where: str) -> None:
+        """``data``, ``diffusion``, and the key names of ``slices`` / ``volume``."""
+        d = self.data
+        for k in ("train", "val"):
+            if not isinstance(getattr(d, k), (str, type(None))):
+                raise MddoseError(f"{where}: data.{k} must be a path (string), got {getattr(d, k)!r}")
+        if d.phantoms is not None:
+            phantoms_config(d.phantoms, where)
+        if d.val_max_slices is not None:
+            _need_int("data.val_max_slices", d.val_max_slices, 1, where)
+        diff = self.diffusion
+        _need_int("diffusion.num_timesteps", diff.num_timesteps, 1, where)
+        for k in ("beta_start", "beta_end"):
+            _need_number(f"diffusion.{k}", getattr(diff, k), where, above=0, below=1)
+        if not (isinstance(diff.schedule, str) and isinstance(diff.prediction, str)):
+            raise MddoseError(f"{where}: diffusion.schedule and diffusion.prediction must be strings, got "
+                              f"{diff.schedule!r}, {diff.prediction!r}")
+        from mddose.diffusion import GaussianDiffusion
+        try:
+            GaussianDiffusion(**dataclasses.asdict(diff))
+        except MddoseError as exc:
+            raise MddoseError(f"{where}: {exc}") from None
+        from mddose.data.inputs.slices import SliceConfig
+        from mddose.data.inputs.volume import VolumeConfig
+        for key, cls in (("slices", SliceConfig), ("volume", VolumeConfig)):
+            check_keys(getattr(self, key), (f.name for f in dataclasses.fields(cls)), where, f"{key}.")
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """Learning rate of the (0-based) optimizer ``step`` of a run of ``total_steps`` steps.
@@ -164,55 +229,93 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "train config") -> "TrainConfig":
-        """Build from a dict; unknown keys → :class:`MddoseError` naming the key and ``where``."""
+        """Build from a JSON object and :meth:`check` it; unknown keys or bad values → one-line
+        :class:`MddoseError` naming the key and ``where``."""
         if not isinstance(d, dict):
-            raise MddoseError(f"{where}: expected a JSON object, got {type(d).__name__}")
+            raise MddoseError(f"{where}: a train config must be a JSON object, got {type(d).__name__}")
         d = dict(d)
-        _check_keys(d, cls, where, "")
         for key, sub in (("data", DataConfig), ("diffusion", DiffusionConfig)):
             if key in d:
-                if not isinstance(d[key], dict):
-                    raise MddoseError(f"{where}: '{key}' must be an object")
-                _check_keys(d[key], sub, where, f"{key}.")
-                d[key] = sub(**d[key])
-        for key in ("model_overrides", "slices", "volume"):
-            if key in d and not isinstance(d[key], dict):
-                raise MddoseError(f"{where}: '{key}' must be an object")
-        return cls(**d)
+                d[key] = dataclass_from_dict(sub, d[key], where, prefix=f"{key}.")
+        return dataclass_from_dict(cls, d, where).check(where)
 
 
-def _check_keys(d: dict, cls, where: str, prefix: str) -> None:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise MddoseError(f"{where}: unknown key(s) {', '.join(prefix + k for k in unknown)}")
+def phantoms_config(d: Any, where: str = "train config") -> PhantomsConfig:
+    """The validated :class:`PhantomsConfig` of a ``data.phantoms`` object (``where``: the file, in messages)."""
+    pc = dataclass_from_dict(PhantomsConfig, d, where, prefix="data.phantoms.")
+    for k, lo in (("n", 1), ("seed", 0), ("size", 32), ("val", 0)):
+        _need_int(f"data.phantoms.{k}", getattr(pc, k), lo, where)
+    return pc
+
+
+def resume_differences(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """``"key (old → new)"`` for every field outside :data:`RESUME_MAY_CHANGE` where the resolved ``cfg``
+    differs from ``saved`` (the resolved config dict of the run being resumed; missing fields: defaults)."""
+    old = json.loads(json.dumps(TrainConfig.from_dict(saved, "the run's saved train config").to_dict()))
+    new = json.loads(json.dumps(cfg.to_dict()))
+    for d in (old, new):                 # the same folder, however spelled (relative to the current directory)
+        for k in ("train", "val"):
+            if d["data"].get(k):
+                d["data"][k] = os.path.abspath(d["data"][k])
+    out = []
+    for k in new:
+        if k not in RESUME_MAY_CHANGE and old.get(k) != new[k]:
+            if isinstance(new[k], dict) and isinstance(old.get(k), dict):
+                out += [f"{k}.{s} ({old[k].get(s)!r} → {new[k].get(s)!r})"
+                        for s in sorted(set(old[k]) | set(new[k])) if old[k].get(s) != new[k].get(s)]
+            else:
+                out.append(f"{k} ({old.get(k)!r} → {new[k]!r})")
+    return out
+
+
+def _need_int(key: str, v: Any, lo: int | None, where: str) -> None:
+    """``v`` must be an integer (not a bool, not a string) ≥ ``lo``."""
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise MddoseError(f"{where}: {key} must be an integer, got {v!r}")
+    if lo is not None and v < lo:
+        raise MddoseError(f"{where}: {key} must be >= {lo}, got {v}")
+
+
+def _need_number(key: str, v: Any, where: str, *, above: float | None = None, below: float | None = None,
+                 at_least: float | None = None, hint: str = "") -> None:
+    """``v`` must be a finite number (not a bool, not a string), ``> above``, ``< below``, ``>= at_least``."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        raise MddoseError(f"{where}: {key} must be a number, got {v!r}")
+    for ok, rel, bound in ((above is None or v > above, ">", above),
+                           (at_least is None or v >= at_least, ">=", at_least),
+                           (below is None or v < below, "<", below)):
+        if not ok:
+            raise MddoseError(f"{where}: {key} must be {rel} {bound}{hint}, got {v}")
+
+
+def _samplers() -> tuple[str, ...]:
+    from mddose.diffusion import SAMPLERS
+    return tuple(SAMPLERS)
 
 
 def load_train_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
     """Read a JSON train config (unknown keys rejected) and apply top-level ``overrides`` (None = keep).
 
     Relative ``data.train`` / ``data.val`` paths are resolved against the current directory first,
-    then against the config file's directory.
+    then against the config file's directory, and made absolute (so that the run's saved config names its
+    data wherever it is resumed from).
     """
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MddoseError("config file not found", path) from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise MddoseError(f"cannot read JSON config: {exc}", path) from None
+    raw = read_json_object(path, "config file")
     cfg = TrainConfig.from_dict(raw, where=str(path))
     data = cfg.data
     fixed = {}
     for k in ("train", "val"):
         v = getattr(data, k)
-        if v and not Path(v).is_absolute() and not Path(v).exists() and (path.parent / v).exists():
-            fixed[k] = str(path.parent / v)
+        if v and not Path(v).is_absolute():
+            found = next((c for c in (Path(v), path.parent / v) if c.exists()), None)
+            if found is not None:
+                fixed[k] = os.path.abspath(found)
     if fixed:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(data, **fixed))
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if overrides:
-        cfg = dataclasses.replace(cfg, **overrides)
+        cfg = dataclasses.replace(cfg, **overrides).check(str(path))
     return cfg
 
 

@@ -4,10 +4,10 @@ The registry entry of every model declares its ``kind`` (:mod:`mddose.models.reg
 looks the objective up in :data:`OBJECTIVES` by that kind and never asks which network it drives.
 
 * :class:`DiffusionObjective` — 2D denoisers ``model(x_t, t, cond)`` on axial slices
-  (:mod:`mddose.data.slices`): the DDPM loss of :class:`~mddose.diffusion.GaussianDiffusion`
-  (ε-, v- or x₀-target as configured), validated by sampling.
+  (:mod:`mddose.data.inputs.slices`): the DDPM loss of :class:`~mddose.diffusion.GaussianDiffusion`
+  (ε- or v-target, as ``diffusion.prediction`` says), validated by sampling.
 * :class:`RegressionObjective` — 3D regressors ``model(cond)`` on whole volumes
-  (:mod:`mddose.data.volume`): masked L1 inside the possible-dose mask over the model's weighted
+  (:mod:`mddose.data.inputs.volume`): masked L1 inside the possible-dose mask over the model's weighted
   outputs (C3D: ``0.5 · L1(A) + L1(B)``), validated by one forward pass per patient.
 
 Both validators return the mean absolute dose error in Gy inside the possible-dose mask (lower is

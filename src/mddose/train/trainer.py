@@ -1,4 +1,6 @@
-"""The training loop: DDPM ε-loss, Adam, EMA, gradient clipping, AMP (CUDA), DDP, exact resume.
+"""The training loop: the objective's loss (:mod:`mddose.train.objectives`: the DDPM loss with an ε- or
+v-target for diffusion models, masked L1 for 3D regression), Adam, EMA, gradient clipping, AMP (CUDA), DDP,
+exact resume.
 
 Output directory layout::
 
@@ -31,8 +33,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from mddose.errors import MddoseError
-from mddose.train.checkpoint import checkpoint_config, load_train_state, save_checkpoint
-from mddose.train.config import TrainConfig, load_train_config
+from mddose.train.checkpoint import checkpoint_config, load_train_state, read_checkpoint_config, save_checkpoint
+from mddose.train.config import RESUME_MAY_CHANGE, TrainConfig, load_train_config, resume_differences
 from mddose.train.distributed import (DistInfo, EpochBatchSampler, all_reduce_mean, barrier, cleanup_distributed,
                                       init_distributed)
 from mddose.train.ema import EMA
@@ -58,16 +60,39 @@ def find_last(out_dir: Path) -> Path | None:
     return next((p for p in olds if (p / "config.json").is_file()), None)
 
 
+def check_resume_config(cfg: TrainConfig, checkpoint: Path) -> None:
+    """Refuse to resume the run of ``checkpoint`` with a config that differs from the run's in anything but
+    :data:`~mddose.train.config.RESUME_MAY_CHANGE` (the budget, and settings that do not change what is computed).
+
+    The run's config is the resolved train config saved in the checkpoint's ``config.json`` (the same as the
+    run's ``train_config.json`` but for the budget), or ``train_config.json`` beside it for a checkpoint without
+    one. ``cfg`` is resolved first.
+    """
+    saved = read_checkpoint_config(checkpoint).get("train_config")
+    source = checkpoint / "config.json"
+    if not saved:
+        source = checkpoint.parent / "train_config.json"
+        if not source.is_file():
+            return
+        from mddose.utils.config import read_json_object
+        saved = read_json_object(source, "train config")
+    diffs = resume_differences(saved, cfg.resolved())
+    if diffs:
+        raise MddoseError(f"cannot resume: the config differs from the run's ({source}) in {'; '.join(diffs)}; "
+                          f"only {', '.join(RESUME_MAY_CHANGE)} may change on --resume", checkpoint.parent)
+
+
 class Trainer:
     """Runs the loop for one model and dataset (items ``{"cond": (C,H,W), "dose": (1,H,W), ...}``).
 
     Args:
         cfg: the train config (recipe resolved here).
-        model: the denoiser ``model(x_t, t, cond)``, freshly initialised (seed it before building).
+        model: the model (a denoiser ``model(x_t, t, cond)`` or a 3D regressor ``model(cond)``, as the
+            objective says), freshly initialised (seed it before building).
         train_ds: training dataset; an object with ``set_epoch`` gets it called every epoch.
         out_dir: output directory (see module docstring).
         validate: ``f(ema_model) -> score`` (lower is better), run on rank 0; None = no best/ selection.
-        slice_config: JSON dict stored in checkpoints.
+        data_config: the JSON dict of the SliceConfig / VolumeConfig, stored in checkpoints.
         dist: process-group info (default: single process on ``cfg.device``).
     """
 
@@ -120,6 +145,7 @@ class Trainer:
         path = Path(path) if path else find_last(self.out)
         if path is None:
             return False
+        check_resume_config(self.cfg, path)
         st = load_train_state(path, model=self.model, ema=self.ema.module, optimizer=self.opt,
                               scaler=self.scaler, noise_gen=self.noise_gen)
         self.step, self.epoch, self.batch_in_epoch = int(st["step"]), int(st["epoch"]), int(st["batch_in_epoch"])
@@ -312,26 +338,34 @@ def build_model_for(cfg: TrainConfig, channels: int, image_size: int | None = No
 
 
 def train(config: TrainConfig | str | Path, out_dir: str | Path, *, resume: bool = False,
-          progress: bool = True) -> Path:
+          progress: bool = True, skipped: list[tuple[str, str]] | None = None) -> Path:
     """Train from a config (object or JSON path) into ``out_dir``; returns the best checkpoint dir.
 
     Any registered model: the registry's ``kind`` of ``cfg.model`` picks the objective (and so the data:
     slices for 2D diffusion models, volumes for 3D regression models).
-    ``resume=True`` continues from ``out_dir/last``; without it an existing run in ``out_dir`` is an error.
-    Under ``torchrun`` (WORLD_SIZE > 1) every rank runs this; only rank 0 writes.
+    ``resume=True`` continues from ``out_dir/last`` (refused when the config differs from the run's in
+    anything but the budget: :func:`check_resume_config`); without it an existing run in ``out_dir`` is an
+    error. Patients that cannot be used are skipped (see :mod:`mddose.train.data`); ``skipped``, if given,
+    receives their ``(path, message)`` (on rank 0). Under ``torchrun`` (WORLD_SIZE > 1) every rank runs this;
+    only rank 0 writes.
     """
     cfg = config if isinstance(config, TrainConfig) else load_train_config(config)
     cfg = cfg.resolved()
     out = Path(out_dir)
-    if resume and find_last(out) is None:
+    last = find_last(out)
+    if resume and last is None:
         raise MddoseError("nothing to resume: no checkpoint 'last' in this directory", out)
-    if not resume and find_last(out) is not None:
+    if not resume and last is not None:
         raise MddoseError("already holds a training run; use --resume to continue or choose another --out", out)
+    if resume:
+        check_resume_config(cfg, last)      # before any data is read
     objective = objective_for(cfg)
     base = model_config_for(cfg, 1)      # validates model, preset and overrides before any data is read
     dist = init_distributed(cfg.device)
     try:
         data = objective.build_data(cfg, base, progress=progress and dist.is_main)
+        if skipped is not None and dist.is_main:
+            skipped.extend(data.skipped)
         seed_everything(cfg.seed)
         model = build_model_for(cfg, data.channels, data.grid)
         trainer = Trainer(cfg, model, data.train, out, data_config=data.data_config.to_dict(),

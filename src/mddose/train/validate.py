@@ -29,11 +29,11 @@ def patient_dose_score(model: nn.Module, diffusion: GaussianDiffusion, patients:
                        batch_size: int = 16, device: torch.device | str = "cpu") -> float:
     """Mean over patients of the mean absolute dose error (Gy) inside the possible-dose mask.
 
-    Slices come from :func:`mddose.data.slices.patient_to_slices` (prediction selection); with
+    Slices come from :func:`mddose.data.inputs.slices.patient_to_slices` (prediction selection); with
     ``max_slices`` only that many (evenly spaced, shared among patients) are predicted and the error
     is measured on those axial slices only. Predictions go back to the grid with ``slices_to_volume``.
     """
-    from mddose.data.slices import patient_to_slices, slices_to_volume
+    from mddose.data.inputs.slices import patient_to_slices, slices_to_volume
 
     was_training = model.training
     model.eval()
@@ -79,11 +79,11 @@ def predict_volume(model: nn.Module, cond: np.ndarray, *, tta: bool = False, vol
                    device: torch.device | str = "cpu") -> np.ndarray:
     """One forward pass of a 3D regression model: cond (C, S, S, S) → (1, S, S, S) float32 (dose / reference).
 
-    ``tta``: mean over the four flips of :func:`mddose.data.volume.tta_predict` (needs ``vol_cfg``).
+    ``tta``: mean over the four flips of :func:`mddose.data.inputs.volume.tta_predict` (needs ``vol_cfg``).
     """
     x = torch.from_numpy(np.ascontiguousarray(cond, dtype=np.float32))[None].to(device)
     if tta:
-        from mddose.data.volume import tta_predict
+        from mddose.data.inputs.volume import tta_predict
         out = tta_predict(model, x, vol_cfg)
     else:
         out = model(x)
@@ -94,8 +94,9 @@ def predict_volume(model: nn.Module, cond: np.ndarray, *, tta: bool = False, vol
 def volume_dose_score(model: nn.Module, patients: Sequence, vol_cfg, *, tta: bool = False,
                       device: torch.device | str = "cpu") -> float:
     """Mean over patients of the mean absolute dose error (Gy) inside the possible-dose mask, each patient
-    predicted whole by a 3D model and resampled back to its own grid (:func:`mddose.data.volume.volume_to_patient`)."""
-    from mddose.data.volume import patient_to_volume, volume_to_patient
+    predicted whole by a 3D model and resampled back to its own grid
+    (:func:`mddose.data.inputs.volume.volume_to_patient`)."""
+    from mddose.data.inputs.volume import patient_to_volume, volume_to_patient
 
     was_training = model.training
     model.eval()

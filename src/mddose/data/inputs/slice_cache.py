@@ -1,6 +1,7 @@
 """On-disk cache of per-patient slice arrays, and assembly of a whole dataset from it.
 
-Layout: per patient ``$MDDOSE_CACHE_DIR/slices/<key>/`` with ``cond.npy`` ((S, C, H, W)), ``dose.npy``
+Layout: per patient ``<cache root>/slices/<key>/`` (:func:`mddose.utils.config.cache_root`:
+``$MDDOSE_CACHE_DIR``, default ``~/.cache/mddose``) with ``cond.npy`` ((S, C, H, W)), ``dose.npy``
 ((S, 1, H, W), if the patient has a dose), ``z.npy`` ((S,) int64) and ``meta.json`` (written last); per
 dataset (an ordered list of patients) ``slices/datasets/<key>/`` with the assembled ``cond.npy`` /
 ``dose.npy`` / ``patient_index.npy`` / ``z.npy`` and ``index.json`` — memory-mapped as the dataset's arrays.
@@ -27,10 +28,13 @@ from typing import Sequence
 
 import numpy as np
 
+from mddose.data.cache import cache_key
+from mddose.data.inputs.slices import SliceArrays, SliceConfig, patient_to_slices
+from mddose.data.io import detect_format, load_patient
 from mddose.data.patient import Patient
-from mddose.data.slices import SliceArrays, SliceConfig, patient_to_slices
 from mddose.errors import MddoseError
-from mddose.utils.fs import atomic_dir
+from mddose.utils.config import cache_root
+from mddose.utils.fs import atomic_dir, describe_error
 from mddose.utils.log import logger
 
 #: Bump when the slice representation changes.
@@ -38,9 +42,7 @@ SLICE_CACHE_VERSION = 1
 
 
 def slices_root() -> Path:
-    """``$MDDOSE_CACHE_DIR/slices`` (default ``~/.cache/mddose/slices``)."""
-    from mddose.data.cache import cache_root
-
+    """``<cache root>/slices`` (:func:`mddose.utils.config.cache_root`)."""
     return cache_root() / "slices"
 
 
@@ -63,9 +65,6 @@ def source_key(item: Patient | str | os.PathLike) -> str:
     """Key of a patient object (content hash) or patient directory (patient-cache key, stat only)."""
     if isinstance(item, Patient):
         return "patient:" + patient_hash(item)
-    from mddose.data.cache import cache_key
-    from mddose.data.io import detect_format
-
     path = Path(item)
     return "path:" + cache_key(path, detect_format(path))
 
@@ -106,11 +105,7 @@ def read_slice_entry(entry: Path) -> SliceArrays:
 
 
 def _load(item: Patient | str | os.PathLike) -> Patient:
-    if isinstance(item, Patient):
-        return item
-    from mddose.data import io as dio
-
-    return dio.load_patient(item)
+    return item if isinstance(item, Patient) else load_patient(item)
 
 
 def _build(item, cfg: SliceConfig, dtype: str, for_prediction: bool) -> SliceArrays:
@@ -149,7 +144,7 @@ def cached_slices(item: Patient | str | os.PathLike, cfg: SliceConfig, *, dtype:
 
 @dataclass
 class CollectedSlices:
-    """Every slice of several patients in contiguous arrays (see :class:`mddose.data.slices.SliceDataset`)."""
+    """Every slice of several patients in contiguous arrays (see :class:`~mddose.data.inputs.slice_dataset.SliceDataset`)."""
 
     cond: np.ndarray                    # (N, C, H, W)
     dose: np.ndarray                    # (N, 1, H, W)
@@ -164,6 +159,13 @@ def _name(item) -> str:
     return item.id if isinstance(item, Patient) else str(item)
 
 
+def _skip(item, exc: BaseException) -> tuple[str, str]:
+    """``(item name, one-line message)`` of an unusable patient, logged as a warning."""
+    msg = describe_error(exc)
+    logger.warning("skipping patient %s: %s", _name(item), msg)
+    return _name(item), msg
+
+
 def _parts(items, keys, cfg: SliceConfig, dtype: str, cache: bool, progress: bool
            ) -> tuple[list[SliceArrays], list[tuple[str, str]]]:
     """Per-patient slice arrays (memory-mapped when cached) and the (item, message) of unusable ones."""
@@ -175,9 +177,8 @@ def _parts(items, keys, cfg: SliceConfig, dtype: str, cache: bool, progress: boo
             sa = cached_slices(item, cfg, dtype=dtype, cache=cache, key=key)
             if sa.dose is None:
                 raise MddoseError(f"patient {_name(item)}: has no dose (needed for training)")
-        except (MddoseError, OSError) as exc:
-            logger.warning("skipping patient %s: %s", _name(item), exc)
-            bad.append((_name(item), str(exc)))
+        except Exception as exc:  # noqa: BLE001 - any failure of one patient: report it and go on
+            bad.append(_skip(item, exc))
             continue
         parts.append(sa)
     return parts, bad
@@ -255,9 +256,8 @@ def collect_slices(items: Sequence[Patient | str | os.PathLike], cfg: SliceConfi
         try:
             keys.append(slice_key(source_key(item), cfg, dtype) if cache else None)
             good.append(item)
-        except (MddoseError, OSError) as exc:
-            logger.warning("skipping patient %s: %s", _name(item), exc)
-            bad.append((_name(item), str(exc)))
+        except Exception as exc:  # noqa: BLE001 - any failure of one patient: report it and go on
+            bad.append(_skip(item, exc))
     entry = None
     if cache and good:
         dkey = hashlib.sha256(json.dumps([SLICE_CACHE_VERSION, "dataset", keys]).encode()).hexdigest()[:32]

@@ -26,7 +26,12 @@ shared data) therefore come back as 3095 HU.
 Non-standard extension: the writer adds ``mddose.json`` (id, prescriptions, file-grid shape, origin,
 direction) so that grids other than 128³ (e.g. 64³ phantoms), custom targets and geometry survive a round
 trip. OpenKBP's own tools only read ``*.csv`` and ignore it; without it the reader assumes a 128³ grid,
-the OpenKBP targets, origin 0 and an identity direction.
+the OpenKBP targets, origin 0 and an identity direction. The patient id is the sidecar's ``id`` or the
+folder's name, made safe by :func:`mddose.data.formats.common.reader_patient_id`.
+
+A voxel index listed twice in one CSV is read (the last row wins) and counted in
+``patient.meta["duplicate_indices"]`` (file name → number of repeated rows), which ``mddose data inspect``
+reports as a problem. Only regular files are opened (a FIFO or a broken link is a one-line error).
 
 The fast path parses with ``pandas.read_csv`` (C engine); :func:`read_sparse_csv_ref` is the plain
 reference (``csv`` module) with the same signature and is also what names the bad line when the fast
@@ -45,8 +50,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mddose.data.formats.common import list_dir, reader_patient_id, regular_file
 from mddose.data.patient import OPENKBP_OARS, OPENKBP_TARGETS, Patient
 from mddose.errors import MddoseError
+from mddose.utils.config import read_json_object
 from mddose.utils.log import log_once
 
 #: The OpenKBP grid (patient order (Z, Y, X); it is a cube, so also the file order).
@@ -189,11 +196,21 @@ def _parse_row(path: Path, lineno: int, row: list[str], n: int, kind: str) -> tu
     return i, v
 
 
+def count_duplicates(idx: np.ndarray, n: int) -> int:
+    """Number of rows of ``idx`` (N,) whose index already appeared (indices in ``[0, n)``); O(N + n)."""
+    seen = np.zeros(n, dtype=bool)
+    seen[idx] = True
+    return int(idx.size - np.count_nonzero(seen))
+
+
 def _read_sparse(path: Path, fshape: tuple[int, int, int], kind: str, fill: float = 0.0,
-                 dtype=np.float32) -> np.ndarray:
-    """Read a sparse CSV into a dense (Z, Y, X) array in contract order."""
+                 dtype=np.float32, duplicates: dict[str, int] | None = None) -> np.ndarray:
+    """Read a sparse CSV into a dense (Z, Y, X) array in contract order (repeated indices: last row wins,
+    counted in ``duplicates[file name]`` when given)."""
     n = int(np.prod(fshape))
-    idx, vals = read_sparse_csv_fast(path, n, kind)
+    idx, vals = read_sparse_csv_fast(regular_file(path, "CSV file"), n, kind)
+    if duplicates is not None and (k := count_duplicates(idx, n)):
+        duplicates[path.name] = k
     out = np.full(n, fill, dtype=dtype)
     pidx = file_to_patient_index(idx, fshape)
     out[pidx] = True if vals is None else vals
@@ -202,9 +219,7 @@ def _read_sparse(path: Path, fshape: tuple[int, int, int], kind: str, fill: floa
 
 def read_voxel_dimensions(path: str | os.PathLike) -> tuple[float, float, float]:
     """Three spacings (mm) in file-axis order (A0, A1, A2) from ``voxel_dimensions.csv``."""
-    path = Path(path)
-    if not path.is_file():
-        raise MddoseError("missing file (voxel sizes are required)", path)
+    path = regular_file(path, "voxel-size file")
     try:
         text = path.read_text(encoding="utf-8")
         vals = [float(t) for t in text.replace(",", " ").split()]
@@ -217,12 +232,10 @@ def read_voxel_dimensions(path: str | os.PathLike) -> tuple[float, float, float]
 
 def _read_sidecar(d: Path) -> dict:
     path = d / SIDECAR
-    if not path.is_file():
+    if regular_file(path, "mddose sidecar", required=False) is None:
         return {}
+    meta = read_json_object(path, "mddose sidecar")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(meta, dict):
-            raise ValueError("not an object")
         out = {}
         if "grid_shape" in meta:
             gs = tuple(int(v) for v in meta["grid_shape"])
@@ -230,7 +243,7 @@ def _read_sidecar(d: Path) -> dict:
                 raise ValueError(f"bad grid_shape {gs}")
             out["grid_shape"] = gs
         if "id" in meta:
-            out["id"] = str(meta["id"])
+            out["id"] = meta["id"]
         if "prescriptions" in meta:
             out["prescriptions"] = {str(k): float(v) for k, v in dict(meta["prescriptions"]).items()}
         if "origin" in meta:
@@ -243,9 +256,11 @@ def _read_sidecar(d: Path) -> dict:
 
 
 def roi_files(d: str | os.PathLike) -> dict[str, Path]:
-    """ROI name → CSV file of an OpenKBP folder (OpenKBP targets, then OARs, then others sorted)."""
-    d = Path(d)
-    found = {p.stem: p for p in d.glob("*.csv") if p.stem not in RESERVED and not p.name.startswith(".")}
+    """ROI name → CSV file of an OpenKBP folder (OpenKBP targets, then OARs, then others sorted).
+
+    Every ``*.csv`` entry counts (a FIFO or broken link too: reading it then reports it)."""
+    found = {p.stem: p for p in list_dir(d) if p.suffix == ".csv" and p.stem not in RESERVED
+             and not p.name.startswith(".")}
     order = [*OPENKBP_TARGETS, *OPENKBP_OARS]
     names = [n for n in order if n in found] + sorted(n for n in found if n not in order)
     return {n: found[n] for n in names}
@@ -263,23 +278,26 @@ def read_openkbp_patient(d: str | os.PathLike) -> Patient:
         raise MddoseError("not a directory", d)
     log_once("openkbp-parser", "OpenKBP CSV: pandas C-engine parser (reference: csv module on errors)",
              logging.DEBUG)
-    ct_path = d / "ct.csv"
-    if not ct_path.is_file():
-        raise MddoseError("missing file (every OpenKBP patient needs a CT)", ct_path)
+    ct_path = regular_file(d / "ct.csv", "CT file")
     v0, v1, v2 = read_voxel_dimensions(d / "voxel_dimensions.csv")
     side = _read_sidecar(d)
     fshape = side.get("grid_shape", file_shape(GRID))
-    ct = _read_sparse(ct_path, fshape, "ct")
+    dups: dict[str, int] = {}
+    ct = _read_sparse(ct_path, fshape, "ct", duplicates=dups)
     np.clip(ct, 0.0, CT_MAX, out=ct)
     ct -= np.float32(CT_OFFSET)
-    dose_path = d / "dose.csv"
-    dose = _read_sparse(dose_path, fshape, "dose") if dose_path.is_file() else None
-    pdm_path = d / "possible_dose_mask.csv"
-    pdm = _read_sparse(pdm_path, fshape, "mask", False, bool) if pdm_path.is_file() else None
-    masks = {name: _read_sparse(p, fshape, "mask", False, bool) for name, p in roi_files(d).items()}
+    dose_path = regular_file(d / "dose.csv", "dose file", required=False)
+    dose = _read_sparse(dose_path, fshape, "dose", duplicates=dups) if dose_path else None
+    pdm_path = regular_file(d / "possible_dose_mask.csv", "possible-dose mask", required=False)
+    pdm = _read_sparse(pdm_path, fshape, "mask", False, bool, dups) if pdm_path else None
+    masks = {name: _read_sparse(p, fshape, "mask", False, bool, dups) for name, p in roi_files(d).items()}
     kwargs = {k: side[k] for k in ("origin", "direction", "prescriptions") if k in side}
-    return Patient(id=side.get("id", d.name), ct=ct, spacing=(v2, v0, v1), masks=masks, dose=dose,
-                   possible_dose_mask=pdm, meta={"source": str(d), "format": "openkbp"}, **kwargs)
+    meta: dict = {"source": str(d), "format": "openkbp"}
+    if dups:
+        meta["duplicate_indices"] = dups
+    pid = reader_patient_id(d, side.get("id"), d / SIDECAR)
+    return Patient(id=pid, ct=ct, spacing=(v2, v0, v1), masks=masks, dose=dose, possible_dose_mask=pdm,
+                   meta=meta, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------- writing
@@ -339,10 +357,7 @@ def read_dose_csv(path: str | os.PathLike, shape: tuple[int, int, int] = GRID) -
 
     ``shape`` is the patient grid (Z, Y, X) (128³ for OpenKBP).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MddoseError("missing dose file", path)
-    return _read_sparse(path, file_shape(tuple(shape)), "dose")
+    return _read_sparse(regular_file(path, "dose file"), file_shape(tuple(shape)), "dose")
 
 
 def write_openkbp_patient(patient: Patient, d: str | os.PathLike) -> Path:
@@ -351,6 +366,7 @@ def write_openkbp_patient(patient: Patient, d: str | os.PathLike) -> Path:
     For atomic, non-overwriting output use :func:`mddose.data.io.save_patient`.
     """
     d = Path(d)
+    patient.validate_id()
     for name in patient.masks:
         if name in RESERVED or not name or any(c in name for c in '/\\:*?"<>|') or name.startswith("."):
             raise MddoseError(f"patient {patient.id}: ROI name {name!r} can't be an OpenKBP file name")

@@ -1,7 +1,8 @@
-"""RTDOSE reading and resampling onto a CT grid (used by :func:`mddose.data.dicom_read.read_dicom_patient`).
+"""RTDOSE reading and resampling onto a CT grid (used by :func:`mddose.data.formats.dicom.read.read_dicom_patient`).
 
 * :func:`read_rtdose` — an RTDOSE file as stored (:class:`DoseGrid`: pixels × DoseGridScaling, frames
-  at IPP + GridFrameOffsetVector·n; a non-zero first offset is read as absolute positions).
+  at IPP + GridFrameOffsetVector·n; a non-zero first offset is read as absolute positions). A missing
+  DoseGridScaling means 1; a zero, negative or non-finite one is an error naming the file.
 * :func:`resample_dose` — trilinear interpolation at the CT voxel centres, 0 outside the dose grid
   (1e-3 mm tolerance at its faces). Two paths with the same result: ``"separable"`` (fast, when the
   dose and CT axes are parallel — the usual case: three 1D linear interpolations) and ``"general"``
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mddose.data.dicom_read import Grid, _floats, _orientation, _read
+from mddose.data.formats.dicom.files import read_dataset
+from mddose.data.formats.dicom.geometry import Grid, floats, orientation
 from mddose.errors import MddoseError
 from mddose.utils.log import log_once, logger
 
@@ -51,21 +53,26 @@ class DoseGrid:
 def read_rtdose(path: str | os.PathLike, ds=None) -> DoseGrid:
     """Read an RTDOSE file into a :class:`DoseGrid` (dose (K, R, C) float64 = pixels × DoseGridScaling)."""
     path = Path(path)
-    ds = ds if ds is not None and "PixelData" in ds else _read(path, headers_only=False)
+    ds = ds if ds is not None and "PixelData" in ds else read_dataset(path, headers_only=False)
     if ds is None or str(ds.get("Modality", "")).upper() != "RTDOSE":
         raise MddoseError("not an RTDOSE file", path)
-    direction = _orientation(ds, path)
-    origin = _floats(ds, "ImagePositionPatient", 3, path)
-    ps = _floats(ds, "PixelSpacing", 2, path)
+    direction = orientation(ds, path)
+    origin = floats(ds, "ImagePositionPatient", 3, path)
+    ps = floats(ds, "PixelSpacing", 2, path)
+    scaling = _dose_grid_scaling(ds, path)
     try:
         pix = np.asarray(ds.pixel_array)
     except Exception as exc:  # noqa: BLE001
         raise MddoseError(f"cannot decode RTDOSE pixels ({exc.__class__.__name__}: {exc})", path) from None
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    pix = pix.reshape(frames, int(ds.Rows), int(ds.Columns))
-    scaling = float(ds.get("DoseGridScaling", 1.0) or 1.0)
-    gfov = ds.get("GridFrameOffsetVector", None)
-    offsets = np.asarray([float(v) for v in gfov], float) if gfov is not None else np.zeros(1)
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        pix = pix.reshape(frames, int(ds.Rows), int(ds.Columns))
+        gfov = ds.get("GridFrameOffsetVector", None)
+        offsets = np.asarray([float(v) for v in gfov], float) if gfov is not None else np.zeros(1)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise MddoseError(f"malformed RTDOSE frames ({exc.__class__.__name__}: {exc})", path) from None
+    if not np.all(np.isfinite(offsets)):
+        raise MddoseError("GridFrameOffsetVector holds non-finite values", path)
     if offsets.size == 1 and frames > 1 and gfov is not None:
         raise MddoseError(f"GridFrameOffsetVector has 1 value for {frames} frames", path)
     if offsets.size != frames:
@@ -81,6 +88,20 @@ def read_rtdose(path: str | os.PathLike, ds=None) -> DoseGrid:
     return DoseGrid(dose, origin, direction, (float(ps[0]), float(ps[1])), offsets,
                     str(ds.get("DoseUnits", "")).upper(), str(ds.get("DoseSummationType", "")).upper(),
                     str(ds.FrameOfReferenceUID) if "FrameOfReferenceUID" in ds else None, path)
+
+
+def _dose_grid_scaling(ds, path: Path) -> float:
+    """DoseGridScaling (Gy per pixel unit): 1 when absent; zero, negative, non-finite → MddoseError."""
+    raw = ds.get("DoseGridScaling", None)
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return 1.0
+    try:
+        scaling = float(raw)
+    except (TypeError, ValueError):
+        raise MddoseError(f"DoseGridScaling {raw!r} is not a number", path) from None
+    if not (np.isfinite(scaling) and scaling > 0):
+        raise MddoseError(f"DoseGridScaling must be a positive number, got {scaling:g}", path)
+    return scaling
 
 
 def _local_affine(dg: DoseGrid, grid: Grid) -> tuple[np.ndarray, np.ndarray]:

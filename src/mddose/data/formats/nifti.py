@@ -14,7 +14,9 @@ the contract array (z, y, x) transposed so that ``(i, j, k) = (x, y, z)``; the p
 flips the first two world axes). Reading inverts this: spacing = column norms, direction = normalised
 columns, origin = translation. The NIfTI header keeps the affine in float32, so ``patient.json`` also
 records spacing/origin/direction in float64; the reader uses those when they agree with the image's affine
-(to float32 precision), which makes write → read exact.
+(to float32 precision), which makes write → read exact. The patient id is ``patient.json``'s ``id`` or the
+folder's name, made safe by :func:`mddose.data.formats.common.reader_patient_id`; only regular files are
+opened (a FIFO, a broken link or an unreadable file is a one-line error).
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mddose.data.formats.common import list_dir, reader_patient_id, regular_file
 from mddose.data.patient import OPENKBP_OARS, OPENKBP_TARGETS, Patient
 from mddose.errors import MddoseError
+from mddose.utils.config import read_json_object
 from mddose.utils.fs import atomic_save
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -58,8 +62,7 @@ def geometry_from_affine(affine_ras: np.ndarray):
 def _load_image(path: Path):
     import nibabel as nib
 
-    if not path.is_file():
-        raise MddoseError("missing file", path)
+    regular_file(path, "NIfTI image")
     try:
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
@@ -102,15 +105,9 @@ def write_nifti_array(arr: np.ndarray, path: str | os.PathLike, like: Patient) -
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
+    if regular_file(path, "patient.json", required=False) is None:
         return {}
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(meta, dict):
-            raise ValueError("not a JSON object")
-        return meta
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MddoseError(f"malformed JSON ({exc})", path) from None
+    return read_json_object(path, "patient.json")
 
 
 def _same_geometry(a, b) -> bool:
@@ -140,7 +137,8 @@ def _read_like(path: Path, shape, geometry, what: str) -> np.ndarray:
 
 
 def _roi_order(names: list[str], meta: dict) -> list[str]:
-    given = [n for n in meta.get("rois", []) if n in names]
+    rois = meta.get("rois", [])
+    given = [n for n in rois if n in names] if isinstance(rois, list) else []
     order = [*OPENKBP_TARGETS, *OPENKBP_OARS]
     rest = [n for n in names if n not in given]
     return given + [n for n in order if n in rest] + sorted(n for n in rest if n not in order)
@@ -159,15 +157,17 @@ def read_nifti_patient(d: str | os.PathLike) -> Patient:
     if jgeo is not None and _same_geometry(jgeo, geometry):
         geometry = jgeo
     dose = pdm = None
-    if (d / "dose.nii.gz").is_file():
+    if regular_file(d / "dose.nii.gz", "dose image", required=False):
         dose = _read_like(d / "dose.nii.gz", ct.shape, geometry, "dose").astype(np.float32)
         if not np.all(np.isfinite(dose)):
             raise MddoseError("dose contains NaN or infinite values", d / "dose.nii.gz")
         if dose.size and float(dose.min()) < 0:
             raise MddoseError(f"dose contains negative values (min {float(dose.min()):g} Gy)", d / "dose.nii.gz")
-    if (d / "possible_dose_mask.nii.gz").is_file():
+    if regular_file(d / "possible_dose_mask.nii.gz", "possible-dose mask image", required=False):
         pdm = _read_like(d / "possible_dose_mask.nii.gz", ct.shape, geometry, "possible-dose mask") != 0
-    files = {p.name[:-len(".nii.gz")]: p for p in (d / "masks").glob("*.nii.gz") if not p.name.startswith(".")}
+    mask_dir = d / "masks"
+    entries = list_dir(mask_dir) if mask_dir.exists() or mask_dir.is_symlink() else []
+    files = {p.name[:-len(".nii.gz")]: p for p in entries if p.name.endswith(".nii.gz") and not p.name.startswith(".")}
     masks = {n: _read_like(files[n], ct.shape, geometry, f"mask {n!r}") != 0 for n in _roi_order(list(files), meta)}
     ct = ct.astype(np.float32)
     if not np.all(np.isfinite(ct)):
@@ -179,7 +179,8 @@ def read_nifti_patient(d: str | os.PathLike) -> Patient:
         except (TypeError, ValueError) as exc:
             raise MddoseError(f"bad prescriptions ({exc})", d / "patient.json") from None
     spacing, origin, direction = geometry
-    return Patient(id=str(meta.get("id", d.name)), ct=ct, spacing=spacing, masks=masks, dose=dose,
+    pid = reader_patient_id(d, meta.get("id"), d / "patient.json")
+    return Patient(id=pid, ct=ct, spacing=spacing, masks=masks, dose=dose,
                    possible_dose_mask=pdm, origin=origin, direction=direction,
                    meta={"source": str(d), "format": "nifti"}, **kwargs)
 
@@ -190,6 +191,7 @@ def write_nifti_patient(patient: Patient, d: str | os.PathLike) -> Path:
     For atomic, non-overwriting output use :func:`mddose.data.io.save_patient`.
     """
     d = Path(d)
+    patient.validate_id()
     for name in patient.masks:
         if not name or any(c in name for c in '/\\:*?"<>|') or name.startswith("."):
             raise MddoseError(f"patient {patient.id}: ROI name {name!r} can't be a file name")

@@ -23,20 +23,18 @@ aspect ratio is not resampled (OpenKBP's and the phantoms' transverse voxels are
 dose"); for prediction (or ``"mask"``) the slices that intersect the possible-dose mask (or ``Body``, or all
 slices if neither exists); ``"all"`` keeps every slice.
 
-:class:`SliceDataset` (a torch ``Dataset``) keeps every slice of a list of patients in two contiguous
-arrays (float16 by default) and caches each patient's slice arrays on disk (see
-:mod:`mddose.data.slice_cache`).
+:class:`~mddose.data.inputs.slice_dataset.SliceDataset` (a torch ``Dataset``) keeps every slice of a list
+of patients in two contiguous arrays, from the on-disk cache of :mod:`mddose.data.inputs.slice_cache`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from mddose.data.inputs.common import InputConfig, config_number, ct_window, flag, roi_names
 from mddose.data.patient import OPENKBP_OARS, OPENKBP_TARGETS, Patient
 from mddose.errors import MddoseError
 
@@ -44,19 +42,8 @@ CT_SCALES = ("[-1,1]", "[0,1]")
 SELECTIONS = ("dose", "mask", "all")
 
 
-def _mirror_name(name: str) -> str | None:
-    """The left/right counterpart of an ROI name (``LungL`` ↔ ``LungR``, ``LeftParotid`` ↔ ...)."""
-    for a, b in (("Left", "Right"), ("Right", "Left"), ("left", "right"), ("right", "left")):
-        if a in name:
-            return name.replace(a, b)
-    for a, b in (("_L", "_R"), ("_R", "_L"), ("L", "R"), ("R", "L")):
-        if name.endswith(a) and len(name) > len(a):
-            return name[: -len(a)] + b
-    return None
-
-
 @dataclass(frozen=True)
-class SliceConfig:
+class SliceConfig(InputConfig):
     """How patients become 2D training slices (JSON-serialisable; stored with every checkpoint).
 
     Attributes:
@@ -83,31 +70,29 @@ class SliceConfig:
     flip_y: bool = False
     rot90: bool = False
 
+    WHERE = "slice config"
+
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
-        set_("targets", tuple(str(t) for t in self.targets))
-        set_("oars", tuple(str(o) for o in self.oars))
-        set_("ct_clip", tuple(float(v) for v in self.ct_clip))
-        if isinstance(self.size, bool) or int(self.size) != self.size or self.size < 8:
-            raise MddoseError(f"slice config: size must be an integer ≥ 8, got {self.size!r}")
-        set_("size", int(self.size))
+        w = self.WHERE
+        set_("targets", roi_names(w, "targets", self.targets))
+        set_("oars", roi_names(w, "oars", self.oars))
+        set_("ct_clip", ct_window(w, self.ct_clip))
+        set_("size", config_number(w, "size", self.size, 8))
         if not self.targets:
-            raise MddoseError("slice config: targets must name at least one ROI")
+            raise MddoseError(f"{w}: targets must name at least one ROI")
         names = self.targets + self.oars
         if len(set(names)) != len(names):
-            raise MddoseError(f"slice config: duplicate ROI names in targets/oars {list(names)}")
-        if len(self.ct_clip) != 2 or not self.ct_clip[0] < self.ct_clip[1]:
-            raise MddoseError(f"slice config: ct_clip must be (low, high) with low < high, got {self.ct_clip}")
+            raise MddoseError(f"{w}: duplicate ROI names in targets/oars {list(names)}")
         if self.ct_scale not in CT_SCALES:
-            raise MddoseError(f"slice config: ct_scale must be one of {CT_SCALES}, got {self.ct_scale!r}")
-        if not (np.isfinite(self.reference_dose) and self.reference_dose > 0):
-            raise MddoseError(f"slice config: reference_dose must be positive, got {self.reference_dose!r}")
-        set_("reference_dose", float(self.reference_dose))
+            raise MddoseError(f"{w}: ct_scale must be one of {CT_SCALES}, got {self.ct_scale!r}")
+        set_("reference_dose", config_number(w, "reference_dose", self.reference_dose))
         if self.slice_selection not in SELECTIONS:
-            raise MddoseError(
-                f"slice config: slice_selection must be one of {SELECTIONS}, got {self.slice_selection!r}")
+            raise MddoseError(f"{w}: slice_selection must be one of {SELECTIONS}, got {self.slice_selection!r}")
+        for key in ("flip_x", "flip_y", "rot90"):
+            flag(w, key, getattr(self, key))
 
-    # ------------------------------------------------------------------ presets / (de)serialisation
+    # ------------------------------------------------------------------ presets
     @classmethod
     def for_phantoms(cls, **overrides: Any) -> "SliceConfig":
         """Preset for :mod:`mddose.data.phantom` patients (target ``PTV``, thoracic OARs, 70 Gy reference)."""
@@ -117,42 +102,7 @@ class SliceConfig:
         kw.update(overrides)
         return cls(**kw)
 
-    def to_dict(self) -> dict:
-        """JSON-ready dict (tuples as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SliceConfig":
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`MddoseError`."""
-        if not isinstance(d, dict):
-            raise MddoseError(f"slice config must be a mapping, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise MddoseError(f"slice config: unknown key(s) {unknown} (known: {sorted(known)})")
-        return cls(**d)
-
     # ------------------------------------------------------------------ derived
-    @property
-    def channels(self) -> int:
-        """Number of conditioning channels C = 2 + len(oars)."""
-        return 2 + len(self.oars)
-
-    @property
-    def channel_names(self) -> tuple[str, ...]:
-        """Names of the conditioning channels: ``("CT", "PTV", *oars)``."""
-        return ("CT", "PTV", *self.oars)
-
-    @property
-    def mirror_permutation(self) -> tuple[int, ...]:
-        """Channel permutation to apply with a left–right flip (swaps paired L/R OAR channels)."""
-        perm = list(range(self.channels))
-        for i, name in enumerate(self.oars):
-            other = _mirror_name(name)
-            if other is not None and other in self.oars:
-                perm[2 + i] = 2 + self.oars.index(other)
-        return tuple(perm)
-
     def build_key(self) -> dict:
         """The fields that change the built slice arrays (augmentation flags excluded)."""
         d = self.to_dict()
@@ -325,59 +275,7 @@ def slices_to_volume(pred, z, patient: Patient, cfg: SliceConfig) -> np.ndarray:
     return out
 
 
-# ---------------------------------------------------------------------------------------------- dataset
-try:  # torch is a hard dependency of the package, but keep import errors readable
-    from torch.utils.data import Dataset as _TorchDataset
-except ImportError:  # pragma: no cover
-    _TorchDataset = object  # type: ignore[assignment,misc]
-
-
-class SliceDataset(_TorchDataset):
-    """All slices of some patients, in contiguous ``(N, C, H, W)`` / ``(N, 1, H, W)`` arrays.
-
-    Args:
-        patients: :class:`Patient` objects and/or patient directories (loaded with
-            :func:`mddose.data.io.load_patient` only when their slices are not cached yet).
-        cfg: the slice config.
-        augment: apply the random flips/rotations enabled in ``cfg`` (jointly to cond and dose).
-        cache: read/write per-patient slice arrays under ``$MDDOSE_CACHE_DIR/slices``.
-        dtype: storage dtype, ``"float16"`` (half the memory) or ``"float32"``.
-        progress: show a tqdm bar.
-
-    Attributes ``cond`` (N, C, H, W) and ``dose`` (N, 1, H, W) are contiguous arrays of ``dtype``; with the
-    cache they are copy-on-write memory maps of the dataset's cache entry (nothing copied on a warm
-    build; pages are shared between DataLoader workers), ``patient_index``/``z`` (N,) int64.
-    Items are dicts ``{"cond": (C, H, W) float32, "dose": (1, H, W) float32, "patient": int, "z": int}``.
-    Patients that cannot be read are listed in :attr:`bad` as ``(item, message)`` and skipped.
-    """
-
-    def __init__(self, patients: Sequence[Patient | str | os.PathLike], cfg: SliceConfig,
-                 augment: bool = False, *, cache: bool = True, dtype: str = "float16",
-                 progress: bool = False):
-        from mddose.data.slice_cache import collect_slices
-
-        if dtype not in ("float16", "float32"):
-            raise MddoseError(f"dataset dtype must be 'float16' or 'float32', got {dtype!r}")
-        self.cfg, self.augment = cfg, bool(augment)
-        data = collect_slices(patients, cfg, cache=cache, dtype=dtype, progress=progress)
-        self.cond, self.dose = data.cond, data.dose
-        self.patient_index, self.z = data.patient_index, data.z
-        self.patient_ids, self.missing, self.bad = data.patient_ids, data.missing, data.bad
-        self._perm = np.asarray(cfg.mirror_permutation)
-
-    def __len__(self) -> int:
-        return int(self.cond.shape[0])
-
-    def __getitem__(self, i: int) -> dict:
-        import torch
-
-        cond = torch.from_numpy(np.asarray(self.cond[i], dtype=np.float32))
-        dose = torch.from_numpy(np.asarray(self.dose[i], dtype=np.float32))
-        if self.augment:
-            cond, dose = augment_pair(cond, dose, self.cfg, self._perm)
-        return {"cond": cond, "dose": dose, "patient": int(self.patient_index[i]), "z": int(self.z[i])}
-
-
+# ---------------------------------------------------------------------------------------------- augmentation
 def augment_pair(cond, dose, cfg: SliceConfig, perm=None, generator=None):
     """Random joint flips / 90° rotations of cond (C, H, W) and dose (1, H, W) torch tensors.
 

@@ -12,10 +12,8 @@ C3D (Liu et al. 2021, see ``papers/baselines.md``) regresses the dose of a whole
 The target is ``dose / reference_dose`` (70 Gy) and the loss / evaluation region is the possible-dose mask.
 
 **Geometry.** A patient whose grid already is ``S³`` is used as is (no resampling: exact). Otherwise each
-axis is resized to ``S`` independently (separable, every channel alike): **area** (box average of the
-input voxels each output voxel covers, exact overlap weights, :func:`axis_weights`) along an axis that
-shrinks, because point sampling would alias the CT texture and the dose's penumbrae; **linear**
-(``align_corners=False``, voxel centres aligned) along an axis that grows. Masks are resampled as
+axis is resized to ``S`` independently (:mod:`mddose.data.inputs.resample`: **area** along an axis that
+shrinks, **linear** along one that grows, every channel alike). Masks are resampled as
 partial-volume fractions (in ``[0, 1]``, like the 2D slices), the possible-dose ``mask`` is then
 thresholded at 0.5. The aspect ratio is not preserved (each axis is stretched to ``S``), which is why a
 valid voxel ``spacing`` is required whenever resampling happens. :func:`volume_to_patient` applies the
@@ -34,7 +32,6 @@ region's bounding box on the grid. Voxels that enter the grid are padded with ai
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -44,9 +41,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mddose.data.inputs.common import InputConfig, config_number, ct_window, flag, roi_names
+from mddose.data.inputs.resample import check_spacing, resize_volume, to_grid
+from mddose.data.io import load_patient
 from mddose.data.patient import OPENKBP_OARS, OPENKBP_TARGETS, Patient
-from mddose.data.slices import _mirror_name
 from mddose.errors import MddoseError
+from mddose.utils.fs import describe_error
+from mddose.utils.log import logger
 
 TARGET_CHANNELS = ("sum", "max")
 #: HU of air: the CT channel's padding value is ``clip(AIR_HU) / ct_divisor``.
@@ -57,18 +58,8 @@ FLIP_P, ROTATE_P, ROTATE_STEP_DEG = 0.8, 0.3, 40
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (4,), (2, 4))
 
 
-def _config_number(key: str, v: Any, low: int | None = None) -> Any:
-    """``v`` as an int ≥ ``low``, or (``low`` None) as a positive float; MddoseError naming ``key`` otherwise."""
-    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
-    if low is None and not (ok and v > 0):
-        raise MddoseError(f"volume config: {key} must be a positive number, got {v!r}")
-    if low is not None and not (ok and int(v) == v and v >= low):
-        raise MddoseError(f"volume config: {key} must be an integer ≥ {low}, got {v!r}")
-    return float(v) if low is None else int(v)
-
-
 @dataclass(frozen=True)
-class VolumeConfig:
+class VolumeConfig(InputConfig):
     """How patients become whole model volumes (JSON-serialisable; stored with every 3D checkpoint).
 
     Attributes:
@@ -96,32 +87,25 @@ class VolumeConfig:
     rotate: bool = True
     translate: int = 20
 
+    WHERE = "volume config"
+
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        w = self.WHERE
         for key, low in (("size", 8), ("translate", 0), ("ct_divisor", None), ("reference_dose", None)):
-            set_(key, _config_number(key, getattr(self, key), low))
-        if isinstance(self.targets, str) or isinstance(self.oars, str):
-            raise MddoseError("volume config: targets and oars must be lists of ROI names, not a string")
-        set_("targets", tuple(str(t) for t in self.targets))
-        set_("oars", tuple(str(o) for o in self.oars))
+            set_(key, config_number(w, key, getattr(self, key), low))
+        set_("targets", roi_names(w, "targets", self.targets))
+        set_("oars", roi_names(w, "oars", self.oars))
         names = self.targets + self.oars
         if not self.targets or len(set(names)) != len(names):
-            raise MddoseError(f"volume config: targets must name ≥ 1 ROI and no ROI twice, got {list(names)}")
-        try:
-            clip = tuple(float(v) for v in self.ct_clip)
-        except (TypeError, ValueError):
-            clip = ()
-        if len(clip) != 2 or not all(map(math.isfinite, clip)) or not clip[0] < clip[1]:
-            raise MddoseError(f"volume config: ct_clip must be (low, high) with low < high, got {self.ct_clip!r}")
-        set_("ct_clip", clip)
+            raise MddoseError(f"{w}: targets must name ≥ 1 ROI and no ROI twice, got {list(names)}")
+        set_("ct_clip", ct_window(w, self.ct_clip))
         if self.target_channel not in TARGET_CHANNELS:
-            raise MddoseError(f"volume config: target_channel must be one of {TARGET_CHANNELS}, "
-                              f"got {self.target_channel!r}")
+            raise MddoseError(f"{w}: target_channel must be one of {TARGET_CHANNELS}, got {self.target_channel!r}")
         for key in ("flip", "rotate"):
-            if not isinstance(getattr(self, key), bool):
-                raise MddoseError(f"volume config: {key} must be true or false, got {getattr(self, key)!r}")
+            flag(w, key, getattr(self, key))
 
-    # ------------------------------------------------------------------ presets / (de)serialisation
+    # ------------------------------------------------------------------ presets
     @classmethod
     def for_phantoms(cls, **overrides: Any) -> "VolumeConfig":
         """Preset for :mod:`mddose.data.phantom` patients (target ``PTV``, thoracic OARs)."""
@@ -131,42 +115,7 @@ class VolumeConfig:
         kw.update(overrides)
         return cls(**kw)
 
-    def to_dict(self) -> dict:
-        """JSON-ready dict (tuples as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VolumeConfig":
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`MddoseError`."""
-        if not isinstance(d, dict):
-            raise MddoseError(f"volume config must be a mapping, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise MddoseError(f"volume config: unknown key(s) {unknown} (known: {sorted(known)})")
-        return cls(**d)
-
     # ------------------------------------------------------------------ derived
-    @property
-    def channels(self) -> int:
-        """Number of conditioning channels C = 2 + len(oars)."""
-        return 2 + len(self.oars)
-
-    @property
-    def channel_names(self) -> tuple[str, ...]:
-        """Names of the conditioning channels: ``("CT", "PTV", *oars)``."""
-        return ("CT", "PTV", *self.oars)
-
-    @property
-    def mirror_permutation(self) -> tuple[int, ...]:
-        """Channel permutation to apply with a left–right (x) flip: swaps paired L/R OAR channels."""
-        perm = list(range(self.channels))
-        for i, name in enumerate(self.oars):
-            other = _mirror_name(name)
-            if other is not None and other in self.oars:
-                perm[2 + i] = 2 + self.oars.index(other)
-        return tuple(perm)
-
     @property
     def air_value(self) -> float:
         """The CT channel's value for air (its padding value): clip(-1000 HU) / ct_divisor."""
@@ -188,71 +137,6 @@ class VolumeArrays:
     dose: np.ndarray | None
     mask: np.ndarray
     missing: list[str]
-
-
-# ---------------------------------------------------------------------------------------------- resampling
-def _check_spacing(patient: Patient, size: int) -> None:
-    """Raise unless the patient's spacing is three positive finite numbers (needed to resample)."""
-    sp = getattr(patient, "spacing", None)
-    try:
-        vals = [float(s) for s in sp]  # type: ignore[union-attr]
-        ok = len(vals) == 3 and all(math.isfinite(v) and v > 0 for v in vals)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise MddoseError(f"patient {patient.id}: cannot resample to the model's {size}³ grid: spacing must be "
-                          f"three positive finite numbers (mm), got {sp!r}")
-
-
-def axis_weights(m: int, n: int) -> torch.Tensor:
-    """(m, n) float32 matrix resampling a length-``m`` axis to length ``n`` (column j = output voxel j).
-
-    Shrinking: exact area weights, the overlap of input voxel i with output voxel j's footprint
-    ``[j·m/n, (j+1)·m/n)`` (in input voxel widths) divided by its width — a box filter aligned with the
-    voxel edges, unlike adaptive pooling's whole-voxel windows. Enlarging: linear interpolation at the
-    output voxel centres ``(j + 0.5)·m/n − 0.5`` (``align_corners=False``), clamped at the ends.
-    """
-    r = m / n
-    if n < m:
-        lo = np.arange(n) * r
-        edges = np.arange(m + 1, dtype=np.float64)
-        w = np.minimum(edges[1:, None], lo[None] + r) - np.maximum(edges[:-1, None], lo[None])
-        w = np.clip(w, 0.0, None) / r
-    else:
-        pos = np.clip((np.arange(n) + 0.5) * r - 0.5, 0.0, m - 1)
-        i0 = np.minimum(np.floor(pos).astype(np.int64), m - 1)
-        i1 = np.minimum(i0 + 1, m - 1)
-        frac = pos - i0
-        w = np.zeros((m, n))
-        np.add.at(w, (i0, np.arange(n)), 1.0 - frac)
-        np.add.at(w, (i1, np.arange(n)), frac)
-    return torch.from_numpy(w.astype(np.float32))
-
-
-def _resize_axis(t: torch.Tensor, axis: int, n: int) -> torch.Tensor:
-    """Resize float tensor ``t`` along ``axis`` to length ``n`` with :func:`axis_weights`."""
-    m = t.shape[axis]
-    if m == n:
-        return t
-    w = axis_weights(m, n).to(t.device, t.dtype)
-    moved = t.movedim(axis, -1).contiguous()
-    out = (moved.reshape(-1, m) @ w).reshape(*moved.shape[:-1], n)  # one plain GEMM
-    return out.movedim(-1, axis)
-
-
-def resize_volume(t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Resize (C, Z, Y, X) float32 to (C, *shape), axis by axis (see the module docstring); exact if equal."""
-    axes = sorted(range(3), key=lambda a: shape[a] - t.shape[1 + a])  # shrink first: less work
-    for a in axes:
-        t = _resize_axis(t, 1 + a, int(shape[a]))
-    return t.contiguous()
-
-
-def _to_grid(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """(C, …) float32 numpy resized to (C, *shape) float32 (no copy when already that shape)."""
-    if a.shape[1:] == tuple(shape):
-        return a
-    return resize_volume(torch.from_numpy(a), shape).numpy()
 
 
 # ---------------------------------------------------------------------------------------------- channels
@@ -285,7 +169,7 @@ def patient_to_volume(patient: Patient, cfg: VolumeConfig) -> VolumeArrays:
     """
     grid = (cfg.size,) * 3
     if patient.shape != grid:
-        _check_spacing(patient, cfg.size)
+        check_spacing(patient, cfg.size)
     missing: list[str] = []
     cond = np.empty((cfg.channels, *patient.shape), dtype=np.float32)
     cond[0] = ct_channel(patient.ct, cfg)
@@ -298,11 +182,11 @@ def patient_to_volume(patient: Patient, cfg: VolumeConfig) -> VolumeArrays:
     if patient.dose is not None:
         dose = (patient.dose / np.float32(cfg.reference_dose)).astype(np.float32)[None]
     if patient.shape != grid:
-        cond = _to_grid(cond, grid)
+        cond = to_grid(cond, grid)
         np.clip(cond[1], 0.0, None, out=cond[1])
         np.clip(cond[2:], 0.0, 1.0, out=cond[2:])
-        mask = (_to_grid(mask, grid) >= 0.5).astype(np.float32)
-        dose = None if dose is None else np.clip(_to_grid(dose, grid), 0.0, None)
+        mask = (to_grid(mask, grid) >= 0.5).astype(np.float32)
+        dose = None if dose is None else np.clip(to_grid(dose, grid), 0.0, None)
     return VolumeArrays(cond=np.ascontiguousarray(cond), dose=dose, mask=np.ascontiguousarray(mask),
                         missing=list(dict.fromkeys(missing)))
 
@@ -328,7 +212,7 @@ def volume_to_patient(pred, patient: Patient, cfg: VolumeConfig) -> np.ndarray:
         raise MddoseError(f"patient {patient.id}: prediction must have shape (1, {s}, {s}, {s}) or "
                           f"({s}, {s}, {s}), got {given}")
     if patient.shape != (s, s, s):
-        _check_spacing(patient, s)
+        check_spacing(patient, s)
         t = resize_volume(t[None], patient.shape)[0]
     out = np.array(t.numpy(), dtype=np.float32, copy=True)
     out *= np.float32(cfg.reference_dose)
@@ -473,7 +357,9 @@ class VolumeDataset(Dataset):
     Attributes ``cond`` (N, C, S, S, S) float16, ``dose`` (N, 1, S, S, S) float16, ``mask``
     (N, 1, S, S, S) bool (60 OpenKBP patients at 128³ ≈ 2.6 GB), ``patient_ids`` and ``missing``
     (patient id → absent ROIs). Items are dicts ``{"cond": (C, S, S, S) float32, "dose": (1, S, S, S)
-    float32, "mask": (1, S, S, S) float32, "index": i}``. A patient without dose raises MddoseError.
+    float32, "mask": (1, S, S, S) float32, "index": i}``. A :class:`Patient` without dose raises
+    MddoseError; a directory that can't be read or has no dose (whatever the exception) is skipped and
+    listed in :attr:`bad` as ``(path, message)`` (logged as a warning); none usable → MddoseError.
     """
 
     def __init__(self, patients: Sequence[Patient | str | os.PathLike], cfg: VolumeConfig, *,
@@ -489,18 +375,30 @@ class VolumeDataset(Dataset):
         self.mask = np.empty((n, 1, *grid), dtype=bool)
         self.patient_ids: list[str] = []
         self.missing: dict[str, list[str]] = {}
+        self.bad: list[tuple[str, str]] = []
         it: Any = items
         if progress:
             from tqdm import tqdm
             it = tqdm(items, desc="building volumes", unit="pt")
-        for i, item in enumerate(it):
-            self._add(i, item)
+        for item in it:
+            try:
+                self._add(len(self.patient_ids), item)
+            except Exception as exc:  # noqa: BLE001 - a directory that fails is reported, the rest go on
+                if isinstance(item, Patient):
+                    raise
+                msg = describe_error(exc)
+                logger.warning("skipping patient %s: %s", item, msg)
+                self.bad.append((str(item), msg))
+        if not self.patient_ids:
+            raise MddoseError("volume dataset: no usable patient"
+                              + (f" ({self.bad[0][0]}: {self.bad[0][1]})" if self.bad else ""))
+        k = len(self.patient_ids)
+        self.cond, self.dose, self.mask = self.cond[:k], self.dose[:k], self.mask[:k]
 
     def _add(self, i: int, item: Patient | str | os.PathLike) -> None:
         if isinstance(item, Patient):
             patient = item
         else:
-            from mddose.data.io import load_patient
             patient = load_patient(item)
             if patient.dose is None:
                 raise MddoseError(f"volume dataset: patient {patient.id} has no dose to train on", item)

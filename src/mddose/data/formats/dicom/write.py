@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mddose.data.dicom_read import Grid
+from mddose.data.formats.dicom.geometry import Grid
 from mddose.data.patient import Patient
 from mddose.data.roi_names import BODY, POSSIBLE_DOSE_ROI
 from mddose.errors import MddoseError
@@ -391,7 +391,7 @@ def write_rtdose(dose: np.ndarray, patient: Patient, path: str | os.PathLike, *,
     """Write ``dose`` (Z, Y, X) Gy on ``patient``'s grid as an RTDOSE file at ``path`` (atomically).
 
     The file references the patient's CT study, frame of reference and slices from
-    ``patient.meta["dicom"]`` (set by :func:`read_dicom_patient`); without it new UIDs are made and
+    ``patient.meta["dicom"]`` (set by :func:`mddose.data.formats.dicom.read.read_dicom_patient`); without it new UIDs are made and
     the dose references no CT. An existing file at ``path`` is replaced (callers check ``force``).
     """
     dose = _check_dose(dose, patient)
@@ -415,6 +415,7 @@ def write_dicom_patient(patient: Patient, directory: str | os.PathLike, *, force
     (then it is replaced once the new one is complete).
     """
     directory = Path(directory)
+    patient.validate_id()
     if directory.is_dir() and not any(directory.iterdir()):
         force = True  # an empty directory made by the caller
     refs = DicomRefs.from_patient(patient, new_ct=True)

@@ -1,0 +1,107 @@
+"""What the 2D slice and the 3D volume representations share.
+
+Both configs (:class:`~mddose.data.inputs.slices.SliceConfig`, :class:`~mddose.data.inputs.volume.VolumeConfig`)
+are frozen dataclasses with the fields ``targets`` and ``oars`` and the same conditioning channels
+``[CT, PTV, OAR_1 … OAR_n]``; :class:`InputConfig` gives them one JSON (de)serialisation (through
+:func:`mddose.utils.config.dataclass_from_dict`: unknown keys refused) and one left/right channel
+permutation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, TypeVar
+
+from mddose.errors import MddoseError
+from mddose.utils.config import dataclass_from_dict
+
+C = TypeVar("C", bound="InputConfig")
+
+
+def mirror_name(name: str) -> str | None:
+    """The left/right counterpart of an ROI name (``LungL`` ↔ ``LungR``, ``LeftParotid`` ↔ ...), or None."""
+    for a, b in (("Left", "Right"), ("Right", "Left"), ("left", "right"), ("right", "left")):
+        if a in name:
+            return name.replace(a, b)
+    for a, b in (("_L", "_R"), ("_R", "_L"), ("L", "R"), ("R", "L")):
+        if name.endswith(a) and len(name) > len(a):
+            return name[: -len(a)] + b
+    return None
+
+
+def config_number(where: str, key: str, v: Any, low: int | None = None) -> Any:
+    """``v`` as an int ≥ ``low``, or (``low`` None) as a positive finite float; else a one-line MddoseError
+    ``"{where}: {key} must be ..."`` (booleans, strings and NaN are refused)."""
+    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+    if low is None and not (ok and v > 0):
+        raise MddoseError(f"{where}: {key} must be a positive number, got {v!r}")
+    if low is not None and not (ok and int(v) == v and v >= low):
+        raise MddoseError(f"{where}: {key} must be an integer ≥ {low}, got {v!r}")
+    return float(v) if low is None else int(v)
+
+
+def roi_names(where: str, key: str, v: Any) -> tuple[str, ...]:
+    """``v`` (a list of ROI names) as a tuple of str; a bare string or a non-list → one-line MddoseError."""
+    if isinstance(v, str) or not isinstance(v, (list, tuple)):
+        raise MddoseError(f"{where}: {key} must be a list of ROI names, got {v!r}")
+    return tuple(str(t) for t in v)
+
+
+def ct_window(where: str, v: Any) -> tuple[float, float]:
+    """``v`` as a (low, high) HU window of finite numbers with low < high; else a one-line MddoseError."""
+    try:
+        clip = tuple(float(x) for x in v) if not isinstance(v, str) else ()
+    except (TypeError, ValueError):
+        clip = ()
+    if len(clip) != 2 or not all(map(math.isfinite, clip)) or not clip[0] < clip[1]:
+        raise MddoseError(f"{where}: ct_clip must be (low, high) with low < high, got {v!r}")
+    return clip  # type: ignore[return-value]
+
+
+def flag(where: str, key: str, v: Any) -> bool:
+    """``v`` if it is a bool; else a one-line MddoseError (``"no"`` or ``0`` are not silently true/false)."""
+    if not isinstance(v, bool):
+        raise MddoseError(f"{where}: {key} must be true or false, got {v!r}")
+    return v
+
+
+class InputConfig:
+    """Mixin of the slice and volume configs (frozen dataclasses with ``targets`` and ``oars``).
+
+    Subclasses set ``WHERE`` (the name used in error messages, e.g. ``"slice config"``).
+    """
+
+    WHERE = "input config"
+    targets: tuple[str, ...]
+    oars: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[C], d: Any) -> C:
+        """Inverse of :meth:`to_dict`; unknown keys or a non-object raise a one-line :class:`MddoseError`."""
+        return dataclass_from_dict(cls, d, cls.WHERE)
+
+    @property
+    def channels(self) -> int:
+        """Number of conditioning channels C = 2 + len(oars)."""
+        return 2 + len(self.oars)
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        """Names of the conditioning channels: ``("CT", "PTV", *oars)``."""
+        return ("CT", "PTV", *self.oars)
+
+    @property
+    def mirror_permutation(self) -> tuple[int, ...]:
+        """Channel permutation to apply with a left–right flip (swaps paired L/R OAR channels)."""
+        perm = list(range(self.channels))
+        for i, name in enumerate(self.oars):
+            other = mirror_name(name)
+            if other is not None and other in self.oars:
+                perm[2 + i] = 2 + self.oars.index(other)
+        return tuple(perm)

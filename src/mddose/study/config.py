@@ -1,0 +1,205 @@
+"""A study: which methods, on which patients, under which common budget and evaluation.
+
+A study config is a JSON object (built-in ones: ``mddose/configs/studies/<name>.json``)::
+
+    {"name": "smoke",
+     "data": {"phantoms": {"train": 4, "val": 1, "test": 2, "size": 64, "seed": 0}},
+        # or {"train": DIR|LIST, "val": DIR|LIST|null, "test": DIR|LIST}  (any supported format)
+     "budget": {"minutes": 1},            # or {"steps": 200}: the SAME for every method
+     "reference": "MD-Dose",              # display name of the method the others are tested against
+     "predict": {"sampler": "ddim", "steps": 10, "samples": 1, "tta": true},
+     "methods": [
+        {"name": "MD-Dose", "model": "md-dose", "preset": "tiny", "tables": ["table1", "table3"],
+         "overrides": {"structure_encoder": "mamba"}, "train": {"batch_size": 8, "slices": {"size": 64}}},
+        {"name": "C3D", "model": "c3d", "preset": "tiny", "tables": ["table1"], "train": {"recipe": "c3d"}}]}
+
+``train`` holds :class:`~mddose.train.config.TrainConfig` fields except those the study decides itself
+(``model``, ``preset``, ``model_overrides``, ``data``, ``max_steps``, ``time_budget_s``). Every method sees
+the same patients, the same ROI channels (the defaults of the data: OpenKBP's, or the phantoms') and the
+same budget. ``predict`` options are given to each model that takes them (sampler/steps/samples for the 2D
+diffusion models, tta for the 3D ones).
+
+Everything is validated before any work: unknown keys, models, presets and structure encoders; overlapping
+train/val and test patients (named); a reference that is not a method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mddose.errors import MddoseError
+from mddose.utils.config import check_keys, dataclass_from_dict, read_json_object
+
+TABLES = ("table1", "table3")
+#: TrainConfig fields a study sets itself (a method's "train" section may not)
+STUDY_OWNED = ("model", "preset", "model_overrides", "data", "max_steps", "time_budget_s")
+PREDICT_KEYS = ("sampler", "steps", "eta", "samples", "tta")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One compared method: a registered model + preset + overrides + training settings, with a display name."""
+
+    name: str
+    model: str
+    preset: str | None = "small"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    tables: tuple[str, ...] = ("table1",)
+
+    @property
+    def slug(self) -> str:
+        """A file-name-safe form of the name (the method's folder in the study directory)."""
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", self.name).strip("._") or "method"
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """``train`` / ``val`` / ``test``: patient folders or list files; or ``phantoms``: counts, size, seed."""
+
+    train: str | None = None
+    val: str | None = None
+    test: str | None = None
+    phantoms: dict[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A whole study (see the module docstring)."""
+
+    name: str
+    methods: tuple[MethodSpec, ...]
+    data: StudyData
+    reference: str
+    budget: dict[str, float]
+    predict: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @property
+    def budget_minutes(self) -> float | None:
+        return self.budget.get("minutes")
+
+    @property
+    def budget_steps(self) -> int | None:
+        return self.budget.get("steps")
+
+    def method(self, name: str) -> MethodSpec:
+        for m in self.methods:
+            if m.name == name:
+                return m
+        raise MddoseError(f"study {self.name}: no method named {name!r}; methods: "
+                          f"{', '.join(m.name for m in self.methods)}")
+
+    def with_budget_minutes(self, minutes: float) -> "StudyConfig":
+        if not minutes > 0:
+            raise MddoseError(f"--budget-minutes must be > 0, got {minutes}")
+        return dataclasses.replace(self, budget={"minutes": float(minutes)})
+
+
+# ------------------------------------------------------------------------------------------ parsing
+def _method(d: Any, where: str, i: int) -> MethodSpec:
+    m = dataclass_from_dict(MethodSpec, d, where, prefix=f"methods[{i}].")
+    for key in ("overrides", "train"):
+        if not isinstance(getattr(m, key), dict):
+            raise MddoseError(f"{where}: methods[{i}].{key} must be an object")
+    bad = sorted(set(m.train) & set(STUDY_OWNED))
+    if bad:
+        raise MddoseError(f"{where}: methods[{i}].train may not set {', '.join(bad)} (the study sets them)")
+    unknown = sorted(set(m.tables) - set(TABLES))
+    if unknown:
+        raise MddoseError(f"{where}: methods[{i}].tables: unknown {', '.join(unknown)}; choose from {', '.join(TABLES)}")
+    return m
+
+
+def _check_models(cfg: StudyConfig, where: str) -> None:
+    """Every method's model, preset, overrides and training settings must build (nothing is trained)."""
+    from mddose.models import make_config
+    from mddose.train.config import TrainConfig
+
+    for m in cfg.methods:
+        try:
+            make_config(m.model, m.preset, **{"in_channels": 9, **m.overrides})
+            TrainConfig.from_dict({"model": m.model, "preset": m.preset, **m.train},
+                                  where=f"{where} method {m.name!r} train").resolved()
+        except MddoseError as exc:
+            raise MddoseError(f"{where}: method {m.name!r}: {exc}") from None
+
+
+def study_from_dict(raw: dict, where: str = "study config") -> StudyConfig:
+    """Parse and validate a study config (see the module docstring); one-line MddoseError on any problem."""
+    check_keys(raw, [f.name for f in dataclasses.fields(StudyConfig)], where)
+    for key in ("name", "methods", "data", "reference", "budget"):
+        if key not in raw:
+            raise MddoseError(f"{where}: missing '{key}'")
+    if not isinstance(raw["methods"], list) or not raw["methods"]:
+        raise MddoseError(f"{where}: 'methods' must be a non-empty list")
+    methods = tuple(_method(d, where, i) for i, d in enumerate(raw["methods"]))
+    names = [m.name for m in methods]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise MddoseError(f"{where}: method names must be unique, repeated: {', '.join(dup)}")
+    slugs = [m.slug for m in methods]
+    if len(set(slugs)) != len(slugs):
+        raise MddoseError(f"{where}: method names map to the same folder name: {', '.join(slugs)}")
+    data = dataclass_from_dict(StudyData, raw["data"], where, prefix="data.")
+    if (data.phantoms is None) == (data.train is None):
+        raise MddoseError(f"{where}: data needs either 'phantoms' or 'train' + 'test'")
+    if data.train is not None and data.test is None:
+        raise MddoseError(f"{where}: data.test (the test patients) is missing")
+    if data.phantoms is not None:
+        check_keys(data.phantoms, ("train", "val", "test", "size", "seed"), where, "data.phantoms.")
+    budget = raw["budget"]
+    if not isinstance(budget, dict) or len(budget) != 1 or next(iter(budget)) not in ("minutes", "steps"):
+        raise MddoseError(f"{where}: budget must be {{\"minutes\": M}} or {{\"steps\": N}} (one, the same for all)")
+    value = next(iter(budget.values()))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise MddoseError(f"{where}: budget must be a positive number, got {value!r}")
+    predict = raw.get("predict", {})
+    if not isinstance(predict, dict):
+        raise MddoseError(f"{where}: predict must be an object")
+    check_keys(predict, PREDICT_KEYS, where, "predict.")
+    cfg = StudyConfig(name=str(raw["name"]), methods=methods, data=data, reference=str(raw["reference"]),
+                      budget=dict(budget), predict=dict(predict), seed=int(raw.get("seed", 0)),
+                      description=str(raw.get("description", "")))
+    if cfg.reference not in names:
+        raise MddoseError(f"{where}: reference {cfg.reference!r} is not one of the methods ({', '.join(names)})")
+    _check_models(cfg, where)
+    return cfg
+
+
+def _resolve_paths(cfg: StudyConfig, base: Path) -> StudyConfig:
+    """Relative data paths: against the current directory first, then the config file's folder."""
+    fixed = {}
+    for key in ("train", "val", "test"):
+        v = getattr(cfg.data, key)
+        if v and not Path(v).is_absolute() and not Path(v).exists() and (base / v).exists():
+            fixed[key] = str(base / v)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **fixed)) if fixed else cfg
+
+
+def builtin_studies() -> dict[str, Path]:
+    """Name → path of the studies shipped in ``mddose/configs/studies``."""
+    root = Path(__file__).resolve().parents[1] / "configs" / "studies"
+    return {p.stem: p for p in sorted(root.glob("*.json"))}
+
+
+def load_study_config(name_or_path: str | os.PathLike) -> StudyConfig:
+    """A built-in study by name (``smoke``, ``paper-cpu``, ``paper``) or a JSON file."""
+    p = Path(name_or_path)
+    builtin = builtin_studies()
+    if not p.exists() and str(name_or_path) in builtin:
+        p = builtin[str(name_or_path)]
+    elif not p.exists():
+        raise MddoseError(f"--config: no study file or built-in study named {str(name_or_path)!r} "
+                          f"(built-in: {', '.join(builtin)})")
+    return _resolve_paths(study_from_dict(read_json_object(p, "study config"), where=str(p)), p.parent)
