@@ -62,14 +62,61 @@ def test_predict_patient_shape_mask_and_uncertainty(checkpoint):
     np.testing.assert_array_equal(pred.dose, again.dose)
 
 
-def test_missing_roi_named_unless_allowed(checkpoint):
+def test_missing_oar_is_an_empty_channel_as_in_training(checkpoint):
+    """OpenKBP's absent OAR = not contoured: predicted with an empty channel (as training does), named."""
+    from mddose.data.inputs.slices import patient_to_slices
+
     bundle = load_checkpoint(checkpoint)
     patient = make_phantom(3, 32)
     del patient.masks["Heart"]
-    with pytest.raises(MddoseError, match="Heart.*--allow-missing-rois"):
+    pred = predict_patient(bundle, patient, steps=2)
+    assert pred.dose.shape == patient.shape and pred.missing_rois == ["Heart"]
+    heart = 2 + list(bundle.slice_config.oars).index("Heart")
+    assert not patient_to_slices(patient, bundle.slice_config, for_prediction=True).cond[:, heart].any()
+    full = predict_patient(bundle, make_phantom(3, 32), steps=2)
+    assert full.missing_rois == [] and not np.array_equal(full.dose, pred.dose)
+
+
+@pytest.mark.parametrize("drop,match", [("targets", "has no target ROI"), ("oars", "has none of the model's OARs")])
+def test_patient_without_any_target_or_any_oar_is_refused_by_name(checkpoint, drop, match):
+    bundle = load_checkpoint(checkpoint)
+    patient = make_phantom(3, 32)
+    for name in getattr(bundle.slice_config, drop):
+        patient.masks.pop(name, None)
+    with pytest.raises(MddoseError, match=f"patient {patient.id}: {match}"):
         predict_patient(bundle, patient, steps=2)
-    pred = predict_patient(bundle, patient, steps=2, allow_missing_rois=True)
-    assert pred.dose.shape == patient.shape
+
+
+def test_predict_json_names_the_missing_oars(checkpoint, tmp_path):
+    root = tmp_path / "in"
+    p = make_phantom(5, 32)
+    p.id = "pt_9"
+    del p.masks["Heart"]
+    save_patient(p, root / p.id, "nifti")
+    done, errors = predict_to_dir(checkpoint, root, tmp_path / "out", steps=2, progress=False)
+    info = json.loads((tmp_path / "out" / "predict.json").read_text())
+    assert done == ["pt_9"] and errors == [] and info["missing_rois"] == {"pt_9": ["Heart"]}
+
+
+@pytest.mark.parametrize("value,match", [(float("nan"), "not finite"), (5.0, "out of range")])
+def test_broken_checkpoint_prediction_is_refused_not_written(checkpoint_3d, patients_dir, tmp_path, value, match):
+    """A checkpoint whose weights give NaN or an implausible dose (here: C3D's output bias) writes nothing."""
+    from mddose.train.checkpoint import save_checkpoint as save
+
+    bundle = load_checkpoint(checkpoint_3d)
+    with torch.no_grad():
+        bundle.model.head_b.bias.fill_(value)       # dose / 70 = 5 → 350 Gy
+    conf = dict(bundle.meta)
+    conf.pop("files", None)
+    broken = tmp_path / "broken"
+    save(broken, model=bundle.model, ema=bundle.model, config=conf)
+    if value != value:   # NaN weights are refused when the checkpoint is loaded already
+        with pytest.raises(MddoseError, match="NaN|not finite|non-finite"):
+            load_checkpoint(broken)
+        return
+    with pytest.raises(MddoseError, match="nothing was predicted.*" + match):
+        predict_to_dir(broken, patients_dir, tmp_path / "out", progress=False)
+    assert not list((tmp_path / "out").glob("*.csv"))
 
 
 @pytest.mark.parametrize("fmt, suffix", [("nifti", ".nii.gz"), ("openkbp", ".csv")])

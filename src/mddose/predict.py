@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ class Prediction:
     patient_id: str
     dose: np.ndarray
     std: np.ndarray | None
+    missing_rois: list[str] = field(default_factory=list)     # OARs the patient lacks: empty input channels
 
 
 def _slice_config(bundle):
@@ -55,11 +56,19 @@ def _slice_config(bundle):
     return cfg if isinstance(cfg, SliceConfig) else SliceConfig.from_dict(cfg)
 
 
-def missing_rois(patient: Patient, slice_cfg) -> list[str]:
-    """Names of the ROIs the model's channels need that ``patient`` lacks (targets: at least one needed)."""
-    missing = [n for n in slice_cfg.oars if n not in patient.masks]
-    if not any(t in patient.masks for t in slice_cfg.targets):
-        missing += list(slice_cfg.targets)
+def missing_rois(patient: Patient, data_cfg) -> list[str]:
+    """The OARs of the model's channels that ``patient`` lacks — "not contoured", as in OpenKBP, where most
+    patients lack some OAR. They become empty channels, as in training.
+
+    Raises:
+        MddoseError: the patient has none of the model's targets, or none of its OARs (nothing to predict from).
+    """
+    if not any(t in patient.masks for t in data_cfg.targets):
+        raise MddoseError(f"patient {patient.id}: has no target ROI (the model needs one of "
+                          f"{', '.join(data_cfg.targets)})")
+    missing = [n for n in data_cfg.oars if n not in patient.masks]
+    if data_cfg.oars and len(missing) == len(data_cfg.oars):
+        raise MddoseError(f"patient {patient.id}: has none of the model's OARs ({', '.join(data_cfg.oars)})")
     return missing
 
 
@@ -97,11 +106,18 @@ def _model_name(bundle) -> str:
     return (cfg or {}).get("model", "this model")
 
 
-def _check_rois(patient: Patient, data_cfg, allow_missing_rois: bool) -> None:
-    missing = missing_rois(patient, data_cfg)
-    if missing and not allow_missing_rois:
-        raise MddoseError(f"patient {patient.id}: lacks ROI(s) the model was trained with: {', '.join(missing)} "
-                          "(use --allow-missing-rois to fill empty channels)")
+def _check_prediction(pred: "Prediction", patient: Patient) -> None:
+    """A broken checkpoint must not write a dose: non-finite or implausible predictions are refused."""
+    from mddose.data.inspection import PLAUSIBLE_MAX_DOSE_GY
+
+    if not np.isfinite(pred.dose).all():
+        raise MddoseError(f"patient {patient.id}: the predicted dose is not finite (NaN/Inf): is the checkpoint "
+                          "broken? Nothing written")
+    top = float(pred.dose.max()) if pred.dose.size else 0.0
+    if top > PLAUSIBLE_MAX_DOSE_GY or float(pred.dose.min(initial=0.0)) < 0:
+        raise MddoseError(f"patient {patient.id}: the predicted dose is out of range ({pred.dose.min():.1f} .. "
+                          f"{top:.1f} Gy, plausible 0 .. {PLAUSIBLE_MAX_DOSE_GY:g}): is the checkpoint broken? "
+                          "Nothing written")
 
 
 def _predict_slices(bundle, patient: Patient, opts: dict, *, batch: int, seed: int, progress: bool) -> Prediction:
@@ -158,7 +174,7 @@ PREDICTORS = {"diffusion": _predict_slices, "regression": _predict_volume}
 
 def predict_patient(bundle, patient: Patient, *, sampler: str | None = None, steps: int | None = None,
                     eta: float | None = None, samples: int | None = None, tta: bool | None = None, batch: int = 8,
-                    allow_missing_rois: bool = False, seed: int = 0, progress: bool = False) -> Prediction:
+                    seed: int = 0, progress: bool = False) -> Prediction:
     """Predict the 3D dose of one patient with a loaded checkpoint ``bundle`` (any kind of model).
 
     Args:
@@ -168,13 +184,19 @@ def predict_patient(bundle, patient: Patient, *, sampler: str | None = None, ste
         samples: diffusion models only: K samples per slice; K > 1 also gives the std map (default 1).
         tta: 3D regression models only: mean of four flips (default True).
         batch: slices per sampler call (each call runs ``batch * samples`` images).
-        allow_missing_rois: fill channels of ROIs the patient lacks with zeros instead of failing.
         seed: seed of the sampler's noise (predictions are reproducible).
+
+    OARs the patient lacks become empty channels (listed in ``Prediction.missing_rois``); a patient without
+    any target, or with none of the model's OARs, is refused by name; so is a non-finite or implausible
+    prediction (a broken checkpoint).
     """
     opts = resolve_options(bundle.kind, _model_name(bundle), sampler=sampler, steps=steps, eta=eta,
                            samples=samples, tta=tta)
-    _check_rois(patient, bundle.data_config, allow_missing_rois)
-    return PREDICTORS[bundle.kind](bundle, patient, opts, batch=batch, seed=seed, progress=progress)
+    missing = missing_rois(patient, bundle.data_config)
+    pred = PREDICTORS[bundle.kind](bundle, patient, opts, batch=batch, seed=seed, progress=progress)
+    pred.missing_rois = missing
+    _check_prediction(pred, patient)
+    return pred
 
 
 def _output_path(out: Path, patient_id: str, *parts: str) -> Path:
@@ -322,7 +344,7 @@ def _refuse_duplicates(loaded: list[tuple[str, Patient]]) -> tuple[list[tuple[st
 def predict_to_dir(checkpoint: str | Path, input_path: str | Path, out: str | Path, *, fmt: str = "openkbp",
                    sampler: str | None = None, steps: int | None = None, eta: float | None = None,
                    samples: int | None = None, tta: bool | None = None, batch: int = 8,
-                   allow_missing_rois: bool = False, force: bool = False, seed: int = 0,
+                   force: bool = False, seed: int = 0,
                    device: str = "auto", progress: bool = True) -> tuple[list[str], list[tuple[str, str]]]:
     """Predict every patient under ``input_path`` and write them into ``out`` — and nowhere else.
 
@@ -354,6 +376,7 @@ def predict_to_dir(checkpoint: str | Path, input_path: str | Path, out: str | Pa
         _prepare_output(out, force)
         bundle.model.to(dev)
     done: list[str] = []
+    empty: dict[str, list[str]] = {}
     it = loaded
     if progress:
         from tqdm.auto import tqdm
@@ -361,15 +384,19 @@ def predict_to_dir(checkpoint: str | Path, input_path: str | Path, out: str | Pa
         it = tqdm(loaded, desc="patients", unit="patient")
     for d, patient in it:
         try:
-            pred = predict_patient(bundle, patient, **opts, batch=batch, allow_missing_rois=allow_missing_rois,
-                                   seed=seed, progress=progress)
+            pred = predict_patient(bundle, patient, **opts, batch=batch, seed=seed, progress=progress)
+            if pred.missing_rois:
+                log.info("patient %s: no %s: empty input channel(s), as in training", patient.id,
+                         ", ".join(pred.missing_rois))
+                empty[patient.id] = pred.missing_rois
             write_prediction(pred, patient, out, fmt)
             done.append(patient.id)
         except Exception as exc:  # noqa: BLE001 - a bad patient is reported, the batch goes on
             errors.append((d, _report(f"{d} (patient {patient.id})", exc)))
     if done:
         _write_run_info(out, checkpoint=checkpoint, input_path=input_path, fmt=fmt, kind=bundle.kind,
-                        model=_model_name(bundle), **opts, seed=seed, patients=done, errors=errors)
+                        model=_model_name(bundle), **opts, seed=seed, patients=done, errors=errors,
+                        missing_rois=empty)
     if not done:
         detail = "; ".join(f"{p}: {e}" for p, e in errors[:3]) or "no patients found"
         raise MddoseError(f"nothing was predicted ({detail})", input_path)

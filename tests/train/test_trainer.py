@@ -252,9 +252,30 @@ def test_schedule_follows_the_runs_real_length(tmp_path, monkeypatch, limit):
     lrs = [float(r.split(",")[3]) for r in rows]
     assert lrs[0] == 1e-3
     assert math.isclose(lrs[-1], 1e-5)
-    if limit == "time":   # the total is estimated after 10 steps: 10 + (0.5 s - 10/64 s) / (1/64 s) = 32
+    if limit == "time":   # one step = 1/64 s on the fake clock: 0.5 s hold 32 steps (the first 2 are not timed)
         assert tr.schedule_steps == tr.step == len(lrs) == 32
         assert json.loads((tmp_path / "last" / "train_state.json").read_text())["state"]["schedule_steps"] == 32
+
+
+class _SlowStartClock(_Clock):
+    """The first two steps take 1 s each (warm-up), every later one 1/64 s."""
+
+    def monotonic(self) -> float:
+        now = self.t
+        self.t += 1.0 if self.t < 2.0 else 1 / 64
+        return now
+
+
+def test_time_budget_estimate_ignores_slow_first_steps(tmp_path, monkeypatch):
+    """Two slow warm-up steps must not make the run stop early: 4 s = 2 s warm-up + 2 s of 1/64-s steps = 130
+    steps (an estimate that timed the warm-up would have planned 18 steps and left most of the budget unused)."""
+    import mddose.train.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "time", _SlowStartClock())
+    cfg = tiny_config(recipe="paper", lr=1e-3, lr_min=1e-5, batch_size=2, epochs=10_000, time_budget_s=4.0)
+    tr = Trainer(cfg, tiny_model(), DictDataset(n=8), tmp_path, progress=False)
+    tr.fit()
+    assert 125 <= tr.schedule_steps <= 131 and tr.step == tr.schedule_steps
 
 
 @pytest.mark.parametrize("bad", [{"recipe": "fast"}, {"epochs": 0}, {"ema_decay": 1.0}, {"lr_schedule": "cos"}])

@@ -106,7 +106,7 @@ def bench_patient(path: Path, sampler: str, steps: int) -> dict:
     bundle = CheckpointBundle(model=model, model_config=model.config, slice_config=cfg, train_config=None,
                               diffusion=GaussianDiffusion(), meta={})
     t = time.perf_counter()
-    pred = predict_patient(bundle, patient, sampler=sampler, steps=steps, allow_missing_rois=True)
+    pred = predict_patient(bundle, patient, sampler=sampler, steps=steps)
     s = time.perf_counter() - t
     return {"patient": patient.id, "grid": list(patient.shape), "sampler": sampler, "steps": steps,
             "seconds": round(s, 1), "target_s": 60, "nonzero": bool(pred.dose.any())}

@@ -28,7 +28,6 @@ def register(sub) -> None:
     p.add_argument("--batch", type=int, default=8, help="slices per sampler call (default 8: fastest per slice on CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--allow-missing-rois", action="store_true", help="fill channels of missing ROIs with zeros")
     p.add_argument("--force", action="store_true", help="write into an existing non-empty output directory")
     p.set_defaults(func=_run)
 
@@ -38,7 +37,7 @@ def _run(args) -> int:
 
     done, errors = predict_to_dir(
         args.checkpoint, args.input, args.out, fmt=args.format, sampler=args.sampler, steps=args.steps,
-        eta=args.eta, samples=args.samples, tta=args.tta, batch=args.batch, allow_missing_rois=args.allow_missing_rois,
+        eta=args.eta, samples=args.samples, tta=args.tta, batch=args.batch,
         force=args.force, seed=args.seed, device=args.device, progress=sys.stderr.isatty())
     print(f"predicted {len(done)} patient(s) into {args.out}")
     if not errors:

@@ -51,6 +51,7 @@ from torch import Tensor
 
 from mddose.diffusion.schedule import GaussianDiffusion, Network
 from mddose.errors import MddoseError
+from mddose.utils.log import logger
 
 #: ``callback(info)`` with info = {"i": int, "t": int, "x": Tensor, "x0": Tensor}
 Callback = Callable[[dict[str, Any]], None]
@@ -102,10 +103,23 @@ class Denoiser:
             ``diffusion.prediction`` says.
         diffusion: the schedule (ᾱ) and the parameterisation.
         cond: (N, C, H, W) conditioning, one row per sample in ``x``.
+        cache_condition: the fast path. The conditioning is the same at every step, so when the network
+            offers ``encode_condition(cond) -> features`` and ``denoise(x_t, t, features)`` (with
+            ``model(x_t, t, cond) == denoise(x_t, t, encode_condition(cond))``) the structure encoder runs once
+            here instead of at every step. ``False`` (the reference) calls ``model(x_t, t, cond)`` every step;
+            both give the same numbers (tested).
     """
 
-    def __init__(self, model: torch.nn.Module | Network, diffusion: GaussianDiffusion, cond: Tensor):
+    def __init__(self, model: torch.nn.Module | Network, diffusion: GaussianDiffusion, cond: Tensor,
+                 cache_condition: bool = True):
         self.model, self.diffusion, self.cond = model, diffusion, cond
+        cached = cache_condition and hasattr(model, "encode_condition") and hasattr(model, "denoise")
+        _log_condition_path(cached, type(model).__name__)
+        if cached:
+            features = model.encode_condition(cond)
+            self._net = lambda x, tt: model.denoise(x, tt, features)
+        else:
+            self._net = lambda x, tt: model(x, tt, cond)
 
     def alpha_bar(self, t: int) -> float:
         """ᾱ_t of the schedule (float64 constant as a Python float)."""
@@ -115,10 +129,21 @@ class Denoiser:
         """(x̂0 clipped to [-1, 1], ε̂ recomputed from the clipped x̂0), both (N, 1, H, W) float32, model space."""
         ab = self.alpha_bar(t)
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        out = self.model(x, tt, self.cond).float()
+        out = self._net(x, tt).float()
         x0 = self.diffusion.split_output(x, tt, out)[0].clamp(-1.0, 1.0)
         eps = (x - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
         return x0, eps
+
+
+_LOGGED: set[tuple[bool, str]] = set()
+
+
+def _log_condition_path(cached: bool, name: str) -> None:
+    """Log once per (path, network) whether the conditioning is encoded once per batch or at every step."""
+    if (cached, name) not in _LOGGED:
+        _LOGGED.add((cached, name))
+        logger.info("sampling %s: structure features %s", name,
+                    "computed once per slice batch" if cached else "recomputed at every step (reference path)")
 
 
 def _ab_next(model_fn: ModelFn, ts: Sequence[int], i: int) -> float:
@@ -208,8 +233,8 @@ def _options(fn: Callable, **available: Any) -> dict[str, Any]:
 @torch.no_grad()
 def sample(model: torch.nn.Module | Network, diffusion: GaussianDiffusion, cond: Tensor, sampler: str = "ddim",
            steps: int = 50, eta: float = 0.0, samples: int = 1, generator: torch.Generator | None = None,
-           progress: bool = False, spacing: str = "logsnr", *, callback: Callback | None = None
-           ) -> tuple[Tensor, Tensor]:
+           progress: bool = False, spacing: str = "logsnr", *, callback: Callback | None = None,
+           cache_condition: bool = True) -> tuple[Tensor, Tensor]:
     """Draw ``samples`` doses per conditioning slice and return their voxel-wise mean and std.
 
     Args:
@@ -225,6 +250,8 @@ def sample(model: torch.nn.Module | Network, diffusion: GaussianDiffusion, cond:
         progress: a tqdm bar over the steps.
         spacing: timestep grid, ``"logsnr"`` (default) or ``"linear"`` (see :func:`timesteps`).
         callback: called after every step with the sampler's info dict (see the module docstring).
+        cache_condition: encode the conditioning once for all steps when the network can (see :class:`Denoiser`);
+            False = the reference path (the same numbers, recomputed every step).
     Returns:
         mean, std: (B, 1, H, W) float32 in data units (dose / reference dose, [0, 1]);
         ``std`` is the unbiased voxel-wise standard deviation over the K samples (zeros if K = 1).
@@ -252,7 +279,7 @@ def sample(model: torch.nn.Module | Network, diffusion: GaussianDiffusion, cond:
             callback(info)
 
     try:
-        x = fn(Denoiser(model, diffusion, condk), x, ts, generator=generator,
+        x = fn(Denoiser(model, diffusion, condk, cache_condition), x, ts, generator=generator,
                callback=step_done if (bar is not None or callback is not None) else None,
                **_options(fn, eta=float(eta)))
     finally:

@@ -225,17 +225,31 @@ class MDDose(nn.Module):
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         """x_t: (B, 1, H, W), t: (B,) timesteps, cond: (B, C, H, W) → predicted noise (B, 1, H, W)."""
         t = self._check(x_t, t, cond)
+        return self.denoise(x_t, t, self.encode_condition(cond))
+
+    def encode_condition(self, cond: Tensor) -> list[Tensor]:
+        """What the noise branch needs of ``cond (B, C, H, W)``, independent of x_t and t — so a sampler can
+        compute it once per slice batch: the structure encoder's level outputs
+        ``[(B, dims[i], H/2^(i+1), W/2^(i+1)) for each level]``, or ``[cond]`` without a structure encoder."""
+        if self.structure is None:
+            return [cond]
+        s, feats = self.structure.head(cond), []
+        for i in range(self.levels):
+            s = self.structure.stage(i, s)
+            feats.append(s)
+        return feats
+
+    def denoise(self, x_t: Tensor, t: Tensor, features: list[Tensor]) -> Tensor:
+        """x_t: (B, 1, H, W), t: (B,) timesteps, features: :meth:`encode_condition` of the cond → (B, 1, H, W)."""
         n = self.levels
         temb = [e[:, :, None, None] for e in self.time(t)]                       # 2n × (B, C_l, 1, 1)
         enc = self.encoder
-        x = enc.head(torch.cat([x_t, cond], 1) if self.structure is None else x_t)
-        s = self.structure.head(cond) if self.structure is not None else None
+        x = enc.head(torch.cat([x_t, features[0]], 1) if self.structure is None else x_t)
         skips = [x]
         for i in range(n):
             x = enc.stage(i, x)
-            if s is not None:
-                s = self.structure.stage(i, s)
-                x = x + s
+            if self.structure is not None:
+                x = x + features[i]
             x = x + temb[i]
             skips.append(x)
         for k in range(n):

@@ -213,10 +213,18 @@ class SPDiffDose(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         """x_t: (B, 1, H, W), t: (B,) timesteps, cond: (B, C, H, W) → predicted noise (B, 1, H, W)."""
+        t = check_denoiser_inputs("sp-diffdose", x_t, t, cond, self.config.in_channels, 2 ** (len(self.enc) - 1))
+        return self.denoise(x_t, t, self.encode_condition(cond))
+
+    def encode_condition(self, cond: Tensor) -> list[Tensor]:
+        """The structure encoder's level outputs of ``cond (B, C, H, W)`` (independent of x_t and t: a sampler
+        computes them once per slice batch): ``[(B, widths[i], H/2^i, W/2^i) for each level]``."""
+        return self.structure(cond)
+
+    def denoise(self, x_t: Tensor, t: Tensor, s: list[Tensor]) -> Tensor:
+        """x_t: (B, 1, H, W), t: (B,) timesteps, s: :meth:`encode_condition` of the cond → (B, 1, H, W)."""
         n = len(self.enc)
-        t = check_denoiser_inputs("sp-diffdose", x_t, t, cond, self.config.in_channels, 2 ** (n - 1))
         temb = self.time_mlp(self.time(t)[0])                                      # (B, 4·channels)
-        s = self.structure(cond)
         h, skips = self.head(x_t), []
         for i in range(n):
             if i > 0:

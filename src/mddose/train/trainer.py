@@ -127,6 +127,7 @@ class Trainer:
         self.elapsed = 0.0
         self._resumed_step: int | None = None
         self.schedule_steps: int | None = None   # the run's total steps, once known (see _plan)
+        self._rate_origin: tuple[int, float] = (0, 0.0)
 
     @property
     def diffusion(self):
@@ -231,25 +232,40 @@ class Trainer:
 
     #: steps timed before a time budget is turned into a step count (the first steps are slower: warm-up)
     RATE_STEPS = 10
+    #: the first steps of a run are slow (allocator, kernel compilation): left out of the measured rate
+    WARMUP_STEPS = 2
+    #: the estimate is provisional until this fraction of the budget has passed, then fixed
+    FREEZE_FRACTION = 0.1
 
     def _plan(self, bound: int, start_step: int, t0: float, now: float) -> int:
         """The run's total optimizer steps, which the learning-rate schedule follows.
 
         ``bound``: the step limit from ``epochs`` and ``max_steps``. Without a time budget it is the total.
-        With one, the total is fixed once, after :attr:`RATE_STEPS` timed steps of this invocation:
-        ``step + remaining budget / measured seconds per step`` (capped by ``bound``), and kept in the
-        checkpoint so that a resumed run follows the same schedule. Until then ``bound`` is used.
+        With one, ``step + remaining budget / seconds per step`` (capped by ``bound``), the rate measured over
+        this invocation's steps after :attr:`WARMUP_STEPS`. The estimate is provisional (recomputed every step;
+        early in a run every schedule is still near its start) until both :attr:`RATE_STEPS` steps and
+        :attr:`FREEZE_FRACTION` of the budget have passed; then it is fixed and kept in the checkpoint, so that
+        a resumed run follows the same schedule.
         """
         if self.schedule_steps is not None:
             return min(self.schedule_steps, bound)
-        if self.cfg.time_budget_s is None:
+        budget = self.cfg.time_budget_s
+        if budget is None:
             return bound
         done = self.step - start_step
-        if done < self.RATE_STEPS and now - t0 < self.cfg.time_budget_s:
-            return bound
-        rate = (now - t0) / max(done, 1)
-        left = max(self.cfg.time_budget_s - (now - t0), 0.0)
-        self.schedule_steps = int(min(bound, self.step + math.floor(left / rate) if rate > 0 else bound))
+        if done <= self.WARMUP_STEPS:
+            self._rate_origin = (self.step, now)
+            return bound if now - t0 < budget or done == 0 else self._freeze(self.step)   # ≥ 1 step always
+        s0, w0 = self._rate_origin
+        rate = (now - w0) / max(self.step - s0, 1)
+        left = max(budget - (now - t0), 0.0)
+        total = int(min(bound, self.step + math.floor(left / rate) if rate > 0 else bound))
+        if done >= self.RATE_STEPS and now - t0 >= self.FREEZE_FRACTION * budget or left <= 0:
+            return self._freeze(total)
+        return max(total, self.step + 1)
+
+    def _freeze(self, total: int) -> int:
+        self.schedule_steps = int(total)
         logger.info("time budget: about %d steps in all; the learning-rate schedule follows that", self.schedule_steps)
         return self.schedule_steps
 
