@@ -227,7 +227,7 @@ def test_dataset_items_and_layout(cache_dir, phantom, phantom2):
     assert len(ds) == n0 + len(select_slices(phantom2, cfg))
     assert ds.cond.dtype == np.float16 and ds.cond.flags.c_contiguous
     item = ds[n0]
-    assert set(item) == {"cond", "dose", "patient", "z"}
+    assert set(item) == {"cond", "dose", "mask", "patient", "z"}
     assert item["cond"].shape == (cfg.channels, 64, 64) and item["cond"].dtype == torch.float32
     assert item["dose"].shape == (1, 64, 64)
     assert item["patient"] == 1 and ds.patient_ids == ["phantom_0", "phantom_1"]

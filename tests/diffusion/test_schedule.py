@@ -75,7 +75,7 @@ def test_loss_generator_reproducible():
 
 
 @pytest.mark.parametrize("d,match", [({"num_timesteps": 10, "betas": 1}, r"unknown key\(s\) diffusion\.betas"),
-                                     ([], "must be a JSON object"), ({"prediction": "x0"}, "prediction must be"),
+                                     ([], "must be a JSON object"), ({"prediction": "x1"}, "prediction must be"),
                                      ({"beta_start": "a"}, "bad diffusion config")])
 def test_from_dict_refuses_bad_configs_in_one_line(d, match):
     with pytest.raises(MddoseError, match=match) as e:

@@ -51,7 +51,7 @@ BAD_VALUES = [
     ({"data": {"phantoms": {"n": 1}, "val_max_slices": 0}}, "data.val_max_slices must be >= 1"),
     ({"diffusion": {"num_timesteps": "1000"}}, "diffusion.num_timesteps must be an integer"),
     ({"diffusion": {"beta_start": "small"}}, "diffusion.beta_start must be a number"),
-    ({"diffusion": {"prediction": "x0"}}, "prediction must be one of eps, v"),
+    ({"diffusion": {"prediction": "x1"}}, "prediction must be one of eps, v, x0"),
     ({"diffusion": []}, "diffusion must be a JSON object"),
 ]
 

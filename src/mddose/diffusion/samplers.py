@@ -24,8 +24,8 @@ sampler is one function and one table entry.
 * ``"dpmpp2m"`` — DPM-Solver++(2M) (Lu et al. 2022), data-prediction multistep, second order with a
   first-order first and last step; deterministic.
 
-The network may predict ε or v (``GaussianDiffusion(prediction="eps" | "v")``): :class:`Denoiser` turns either
-into (x̂0, ε̂) through :meth:`~mddose.diffusion.schedule.GaussianDiffusion.split_output`, so samplers never
+The network may predict ε, v or x0 (``GaussianDiffusion(prediction="eps" | "v" | "x0")``): :class:`Denoiser`
+turns each into (x̂0, ε̂) through :meth:`~mddose.diffusion.schedule.GaussianDiffusion.split_output`, so samplers never
 know which parameterisation drives them.
 
 All samplers evaluate the network at ``steps`` distinct timesteps from ``T-1`` (pure noise) to ``0``,
@@ -99,7 +99,7 @@ class Denoiser:
     """The ``model_fn`` of the samplers: a network, its diffusion and the conditioning, at one timestep.
 
     Args:
-        model: ``model(x_t (N,1,H,W), t (N,) long, cond (N,C,H,W)) -> (N,1,H,W)``, predicting ε or v as
+        model: ``model(x_t (N,1,H,W), t (N,) long, cond (N,C,H,W)) -> (N,1,H,W)``, predicting ε, v or x0 as
             ``diffusion.prediction`` says.
         diffusion: the schedule (ᾱ) and the parameterisation.
         cond: (N, C, H, W) conditioning, one row per sample in ``x``.
@@ -239,7 +239,7 @@ def sample(model: torch.nn.Module | Network, diffusion: GaussianDiffusion, cond:
 
     Args:
         model: the denoiser ``model(x_t (N,1,H,W), t (N,) long, cond (N,C,H,W)) -> (N,1,H,W)``, predicting
-            ε or v as ``diffusion.prediction`` says.
+            ε, v or x0 as ``diffusion.prediction`` says.
         cond: (B, C, H, W) conditioning; its device is used.
         sampler: a name in :data:`SAMPLERS` (``"ddpm"`` | ``"ddim"`` | ``"dpmpp2m"``).
         steps: network evaluations (1..T); ``ddpm`` with ``steps=T`` is the original sampler.

@@ -1,4 +1,4 @@
-"""DDPM noise schedule and training loss (Ho et al. 2020); the network predicts ε (the paper) or v.
+"""DDPM noise schedule and training loss (Ho et al. 2020); the network predicts ε (the paper), v or x0.
 
 Units
 -----
@@ -12,9 +12,26 @@ from ``diffusers``: it keeps the dependency list short, the constants are float6
 the samplers need only ``alphas_cumprod``.
 
 Parameterisation (``prediction``): ``"eps"`` — the network predicts the noise ε (Ho et al.; the paper);
-``"v"`` — it predicts the velocity v = sqrt(ᾱ_t) ε − sqrt(1−ᾱ_t) x0 (Salimans & Ho 2022). The loss target
-is :meth:`GaussianDiffusion.target`, and samplers read the output through
-:meth:`GaussianDiffusion.split_output`, so nothing else depends on the choice.
+``"v"`` — it predicts the velocity v = sqrt(ᾱ_t) ε − sqrt(1−ᾱ_t) x0 (Salimans & Ho 2022); ``"x0"`` — it
+predicts the clean dose x0 itself (model space). The loss target is :meth:`GaussianDiffusion.target`, and
+samplers read the output through :meth:`GaussianDiffusion.split_output`, so nothing else depends on the choice.
+
+Loss weighting (``loss_weighting``, opt-in; :meth:`GaussianDiffusion.loss_weights`): ``"uniform"`` (default) is
+Ho et al.'s simple loss, the plain MSE of the target. ``"min_snr"`` is Min-SNR-γ (Hang et al., "Efficient
+Diffusion Training via Min-SNR Weighting Strategy", ICCV 2023): with SNR_t = ᾱ_t / (1 − ᾱ_t), the loss of
+timestep t, written on x0, is weighted by min(SNR_t, γ). Since ‖ε − ε̂‖² = SNR_t ‖x0 − x̂0‖² and
+‖v − v̂‖² = (SNR_t + 1) ‖x0 − x̂0‖², the weight on the MSE of each target is
+
+* ε-prediction: min(SNR_t, γ) / SNR_t  (= min(1, γ / SNR_t); γ = ∞ is the uniform loss);
+* v-prediction: min(SNR_t, γ) / (SNR_t + 1);
+* x0-prediction: min(SNR_t, γ);
+
+as in the authors' code (``guided_diffusion/gaussian_diffusion.py`` of TiankaiHang/Min-SNR-Diffusion-Training,
+``min_snr_k`` for ε and x0, ``vmin_snr_k`` for v); they recommend γ = 5 (``min_snr_gamma``).
+
+A spatial weight (``loss(..., weight=...)``, (B, 1, H, W)) turns the mean into a weighted mean normalised by
+the weight sum: ``Σ λ_t w (out − target)² / Σ w`` (the trainer builds it from the possible-dose mask,
+``diffusion.mask_weight``).
 """
 
 from __future__ import annotations
@@ -30,7 +47,7 @@ import torch.nn.functional as F
 from mddose.errors import MddoseError
 from mddose.utils.config import check_keys
 
-#: the network: ``model(x_t (B,1,H,W), t (B,) long, cond (B,C,H,W)) -> (B,1,H,W)`` (ε or v)
+#: the network: ``model(x_t (B,1,H,W), t (B,) long, cond (B,C,H,W)) -> (B,1,H,W)`` (ε, v or x0)
 Network = Callable[[Tensor, Tensor, Tensor], Tensor]
 SCHEDULES = ("linear", "cosine")
 
@@ -46,26 +63,40 @@ def make_betas(num_timesteps: int, beta_start: float, beta_end: float, schedule:
     raise MddoseError(f"diffusion schedule: unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
 
 
-PREDICTIONS = ("eps", "v")
+PREDICTIONS = ("eps", "v", "x0")
+LOSS_WEIGHTINGS = ("uniform", "min_snr")
+#: the keys of :meth:`GaussianDiffusion.to_dict` / :meth:`GaussianDiffusion.from_dict`
+DIFFUSION_KEYS = ("num_timesteps", "beta_start", "beta_end", "schedule", "prediction", "loss_weighting",
+                  "min_snr_gamma")
 
 
 class GaussianDiffusion:
     """Discrete DDPM with ``num_timesteps`` steps; the network predicts the noise ε (default, as in
-    the paper) or the velocity v = sqrt(ᾱ_t) ε − sqrt(1−ᾱ_t) x0 (``prediction="v"``, Salimans & Ho 2022).
+    the paper), the velocity v = sqrt(ᾱ_t) ε − sqrt(1−ᾱ_t) x0 (``prediction="v"``, Salimans & Ho 2022) or
+    the clean sample x0 (``prediction="x0"``).
 
     v-prediction regresses x0 directly at high noise levels, which makes the structure → dose mapping
-    learnable in a few hundred steps (the CPU demo uses it); samplers see both through
+    learnable in a few hundred steps (the CPU demo uses it); samplers see all three through
     :meth:`split_output`, so they never know which parameterisation drives them.
+
+    ``loss_weighting`` (``"uniform"`` | ``"min_snr"``) and ``min_snr_gamma`` (γ > 0, ``inf`` allowed) weight
+    the training loss per timestep (see the module docstring); they do not change sampling.
 
     Attributes (float64 CPU tensors, shape (T,)): ``betas``, ``alphas``, ``alphas_cumprod``
     (ᾱ_t), ``sqrt_alphas_cumprod``, ``sqrt_one_minus_alphas_cumprod``.
     """
 
     def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
-                 schedule: str = "linear", prediction: str = "eps"):
+                 schedule: str = "linear", prediction: str = "eps", loss_weighting: str = "uniform",
+                 min_snr_gamma: float = 5.0):
         if prediction not in PREDICTIONS:
             raise MddoseError(f"diffusion: prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
-        self.prediction = prediction
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise MddoseError(f"diffusion: loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, "
+                              f"got {loss_weighting!r}")
+        if isinstance(min_snr_gamma, bool) or not isinstance(min_snr_gamma, (int, float)) or not min_snr_gamma > 0:
+            raise MddoseError(f"diffusion: min_snr_gamma must be a number > 0, got {min_snr_gamma!r}")
+        self.prediction, self.loss_weighting, self.min_snr_gamma = prediction, loss_weighting, float(min_snr_gamma)
         if int(num_timesteps) < 1:
             raise MddoseError(f"diffusion: num_timesteps must be >= 1, got {num_timesteps}")
         if not (0 < beta_start <= beta_end < 1):
@@ -81,8 +112,13 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------ config / units
     def to_dict(self) -> dict[str, Any]:
-        return {"num_timesteps": self.num_timesteps, "beta_start": self.beta_start,
-                "beta_end": self.beta_end, "schedule": self.schedule, "prediction": self.prediction}
+        """The constructor's arguments as JSON; the loss weighting only when it is not the default ``"uniform"``
+        (so that the checkpoints of default runs keep the same ``diffusion`` entry as before it existed)."""
+        d = {"num_timesteps": self.num_timesteps, "beta_start": self.beta_start,
+             "beta_end": self.beta_end, "schedule": self.schedule, "prediction": self.prediction}
+        if self.loss_weighting != "uniform":
+            d.update(loss_weighting=self.loss_weighting, min_snr_gamma=self.min_snr_gamma)
+        return d
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "diffusion config") -> "GaussianDiffusion":
@@ -90,7 +126,7 @@ class GaussianDiffusion:
         unknown keys or bad values → one-line :class:`MddoseError` naming ``where``."""
         if not isinstance(d, dict):
             raise MddoseError(f"{where}: diffusion must be a JSON object, got {type(d).__name__}")
-        check_keys(d, ("num_timesteps", "beta_start", "beta_end", "schedule", "prediction"), where, "diffusion.")
+        check_keys(d, DIFFUSION_KEYS, where, "diffusion.")
         try:
             return cls(**d)
         except MddoseError as exc:
@@ -131,14 +167,36 @@ class GaussianDiffusion:
         s1 = self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t)
         if self.prediction == "v":
             return s0 * x_t - s1 * out, s1 * x_t + s0 * out
+        if self.prediction == "x0":
+            return out, (x_t - s0 * out) / s1
         return (x_t - s1 * out) / s0, out
 
     def target(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """What the network is trained to output: ε, or v = sqrt(ᾱ_t) ε − sqrt(1−ᾱ_t) x0 (model space)."""
+        """What the network is trained to output (model space): ε, v = sqrt(ᾱ_t) ε − sqrt(1−ᾱ_t) x0, or x0."""
         if self.prediction == "v":
             return self._extract(self.sqrt_alphas_cumprod, t, x0) * noise - \
                 self._extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+        if self.prediction == "x0":
+            return x0
         return noise
+
+    def snr(self, t: Tensor) -> Tensor:
+        """(B,) float64 signal-to-noise ratio SNR_t = ᾱ_t / (1 − ᾱ_t) of (B,) timesteps ``t`` (on the CPU)."""
+        ab = self.alphas_cumprod[t.cpu().long()]
+        return ab / (1.0 - ab)
+
+    def loss_weights(self, t: Tensor) -> Tensor:
+        """(B,) float64 per-timestep weights λ_t of the target's MSE (on the CPU): ones for ``"uniform"``;
+        for ``"min_snr"``: min(SNR_t, γ) / SNR_t (ε), min(SNR_t, γ) / (SNR_t + 1) (v), min(SNR_t, γ) (x0)."""
+        snr = self.snr(t)
+        if self.loss_weighting == "uniform":
+            return torch.ones_like(snr)
+        clamped = snr.clamp(max=self.min_snr_gamma)
+        if self.prediction == "v":
+            return clamped / (snr + 1.0)
+        if self.prediction == "x0":
+            return clamped
+        return clamped / snr
 
     def sample_t(self, batch: int, generator: torch.Generator | None = None, device=None) -> Tensor:
         """(batch,) long timesteps uniform in [0, T)."""
@@ -146,14 +204,18 @@ class GaussianDiffusion:
         return torch.randint(0, self.num_timesteps, (batch,), generator=generator, device=gdev).to(device)
 
     def loss(self, model: nn.Module | Network, x0: Tensor, cond: Tensor, generator: torch.Generator | None = None,
-             *, t: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
-        """Scalar MSE between the target (ε, or v) and ``model(x_t, t, cond)`` (Ho et al.'s simple loss).
+             *, t: Tensor | None = None, noise: Tensor | None = None, weight: Tensor | None = None) -> Tensor:
+        """Scalar MSE between the target (ε, v or x0) and ``model(x_t, t, cond)`` (Ho et al.'s simple loss),
+        weighted per timestep by :meth:`loss_weights` and per pixel by ``weight``.
 
         Args:
             x0: (B, 1, H, W) target in data units (dose / reference dose, [0, ~1]).
             cond: (B, C, H, W) conditioning.
             generator: draws ``t`` and ``noise`` when they are not given.
             t: (B,) long timesteps; noise: (B, 1, H, W) standard normal (model space).
+            weight: optional (B, 1, H, W) non-negative pixel weights (anything broadcastable to ``x0``); the loss is
+                then ``Σ λ_t·weight·(out − target)² / Σ weight`` (0 when every weight is 0). Without it and with
+                ``loss_weighting="uniform"`` the loss is exactly ``F.mse_loss`` (the default, unchanged).
         """
         xm = self.to_model(x0)
         if t is None:
@@ -161,6 +223,25 @@ class GaussianDiffusion:
         if noise is None:
             gdev = generator.device if generator is not None else xm.device
             noise = torch.randn(xm.shape, generator=generator, device=gdev, dtype=xm.dtype).to(xm.device)
+        if weight is not None and not _fits(weight.shape, xm.shape):
+            raise MddoseError(f"diffusion loss: weight of shape {tuple(weight.shape)} does not fit the dose "
+                              f"{tuple(xm.shape)}")
         x_t = self.q_sample(xm, t, noise)
         pred = model(x_t, t, cond)
-        return F.mse_loss(pred.float(), self.target(xm, t, noise).float())
+        target = self.target(xm, t, noise)
+        if weight is None and self.loss_weighting == "uniform":
+            return F.mse_loss(pred.float(), target.float())
+        err = (pred.float() - target.float()) ** 2
+        lam = self.loss_weights(t).to(device=err.device, dtype=err.dtype).view(-1, *([1] * (err.ndim - 1)))
+        if weight is None:
+            return (lam * err).mean()
+        w = weight.to(device=err.device, dtype=err.dtype).expand_as(err)
+        return (lam * w * err).sum() / w.sum().clamp(min=torch.finfo(err.dtype).tiny)
+
+
+def _fits(shape: torch.Size, target: torch.Size) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to ``target`` without enlarging it."""
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False

@@ -16,16 +16,31 @@ Layout for ``n = len(dims)`` levels (paper: n = 4, dims 48/96/192/384, input 128
 Parameters (in_channels 9): paper preset 28.18 M vs 30.47 M reported (Table 2, -7.5 %). The network
 follows the authors' public code (LinjieFu-U/mamba_dose, ``vim/mamba_struc_unet.py``: Vim "bimamba v2"
 mixers, expand 2, d_state 16, 4/6/6/8 encoder and 6/6/4/4 decoder blocks, a structure encoder with the
-same depths, pixel-shuffle upsampling, 1x1 reductions, per-level time projections). Deliberately left
-out, because they tie the network to one image size or are never used:
+same depths, pixel-shuffle upsampling, 1x1 reductions, per-level time projections). By default
+(``variant="mddose"``) left out, because they tie the network to one image size or are never used:
   * learned absolute position embeddings of every VisionMamba stage (1.87 M at 128x128 input);
   * the unused 1000-class ``head`` Linear of every VisionMamba stage (1.84 M);
   * a redundant 1x1 patch-embedding conv in every decoder stage (0.05 M), an unused time projection (0.04 M);
   * RoPE (parameter-free) and drop-path 0.1.
-With those back the count would be ~31.95 M (+4.9 %); the paper's 30.47 M lies between the two readings.
-Other choices: LayerNorm instead of RMSNorm; channel LayerNorm after each patch embedding; timesteps divided
-by ``t_divisor`` (1000) before the Fourier features (the public code feeds raw integer steps, which gives
-unrelated embeddings to neighbouring steps — ``t_divisor=1`` restores that).
+Other default choices: LayerNorm instead of RMSNorm; mamba-ssm's initialisation (PyTorch's Linear init,
+log-uniform dt bias) instead of Vim's; a channel LayerNorm after each patch embedding; a bias on the output
+conv; timesteps divided by ``t_divisor`` (1000) before the Fourier features (the public code feeds raw integer
+steps, which gives unrelated embeddings to neighbouring steps — ``t_divisor=1`` restores that, in either variant).
+
+``variant="official"`` puts all of that back, as the public code builds it: every Mamba stage (noise encoder,
+structure encoder, decoder) is a :class:`~mddose.nn.vim.VisionMambaLayer2d` (learned position embedding,
+RoPE of hidden state and residual before every block, RMSNorm, drop-path 0.1 in training, unused 1000-class
+head, Vim's init: trunc-normal(0.02) Linears, zero biases — ``dt_proj``'s too); patch embeddings without norm;
+in each decoder level the stage's own 1x1 patch-embedding conv (with bias) after the 1x1 reduction (at full
+resolution it replaces the reduction, as there); the unused time projection; no output-conv bias; the
+Fourier frequencies a frozen parameter. Parameters never used (heads, that time projection) and the
+frequencies are frozen (``requires_grad`` False; the authors' optimizer never changes them either), but
+counted. Count, paper preset: 31,949,136 with in_channels 5 — exactly the authors' model (its default
+``inp_struc_channels=5``: CT, PTV and heart, lungs, cord as in the paper; their script prints that / 1024²
+= 30.47 "M", Table 2) — and 31,950,000 with in_channels 9 (the structure head conv has 216 more weights per
+channel). The position embeddings are learned for ``image_size``; other slice sizes (divisible by
+2^len(dims)) resize them bicubically (the public code refuses them). Needs ``scan="bi"``, a Mamba structure
+encoder or none, and dims divisible by 4 (rotary pairs per axis).
 
 Structure-encoder ablation (Table 3). Only the Mamba SE is in the paper and the public code; how Conv-SE and
 Trans-SE were built is not published. Our reading: the same stage layout and injection as the Mamba SE (head
@@ -55,10 +70,11 @@ from mddose.models.registry import ModelConfig, register_model
 from mddose.nn.embed import LayerNorm2d, PatchEmbed2d, PixelShuffleUpsample, TimestepEmbedding
 from mddose.nn.swin import SwinLayer2d
 from mddose.nn.unet2d import ResBlock2d
-from mddose.nn.vim import MambaLayer2d
+from mddose.nn.vim import MambaLayer2d, VisionMambaLayer2d
 
 STRUCTURE_ENCODERS = ("mamba", "none", "conv", "transformer")
 SCANS = ("bi", "cross")
+VARIANTS = ("mddose", "official")
 
 
 @dataclass(frozen=True)
@@ -74,7 +90,10 @@ class MDDoseConfig(ModelConfig):
     se_window / se_head_dim: Swin window side and channels per attention head of the Trans-SE (heads per level =
         max(1, dims[i] // se_head_dim); unused by the other structure encoders).
     scan: "bi" (Vim bidirectional, paper) | "cross" (VMamba four-direction SS2D).
-    image_size: informational (the training slice size); any H, W divisible by 2^len(dims) works.
+    image_size: the training slice size. "mddose": informational; any H, W divisible by 2^len(dims) works.
+        "official": the grid of the learned position embeddings (other sizes resize them).
+    variant: "mddose" (default: our network) | "official" (the public code's Vision-Mamba details, see the
+        module docstring).
     """
 
     in_channels: int = 9
@@ -92,6 +111,7 @@ class MDDoseConfig(ModelConfig):
     image_size: int = 128
     se_window: int = 8
     se_head_dim: int = 16
+    variant: str = "mddose"
 
     def __post_init__(self):
         where = "md-dose config"
@@ -123,6 +143,27 @@ class MDDoseConfig(ModelConfig):
         if self.structure_encoder == "transformer" and any(d % h for d, h in zip(self.dims, self.se_heads)):
             raise MddoseError(f"{where}: Trans-SE heads {self.se_heads} (dims // se_head_dim) must divide dims "
                               f"{self.dims}; change se_head_dim")
+        if self.variant not in VARIANTS:
+            raise MddoseError(f"{where}: variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        if self.official:
+            self._check_official(where, n)
+
+    def _check_official(self, where: str, n: int) -> None:
+        if self.scan != "bi" or self.structure_encoder not in ("mamba", "none"):
+            raise MddoseError(f"{where}: variant 'official' (the public code's Vision Mamba) needs scan 'bi' and "
+                              f"structure_encoder 'mamba' or 'none', got {self.scan!r} / {self.structure_encoder!r}")
+        if any(d % 4 for d in self.dims):
+            raise MddoseError(f"{where}: variant 'official' needs dims divisible by 4 (rotary embedding), "
+                              f"got {self.dims}")
+        mult = 2 ** n
+        if not isinstance(self.image_size, int) or self.image_size < mult or self.image_size % mult:
+            raise MddoseError(f"{where}: variant 'official' learns position embeddings for image_size, which must "
+                              f"be a multiple of {mult} (2^levels), got {self.image_size!r}")
+
+    @property
+    def official(self) -> bool:
+        """True for ``variant="official"`` (the public code's Vision-Mamba details)."""
+        return self.variant == "official"
 
     @property
     def se_heads(self) -> tuple[int, ...]:
@@ -137,6 +178,8 @@ class MDDoseConfig(ModelConfig):
 def _stage_layer(kind: str, level: int, cfg: MDDoseConfig) -> nn.Module:
     """The blocks of one encoder level: ``(B, dims[level], h, w) -> (B, dims[level], h, w)``."""
     dim, depth = cfg.dims[level], cfg.enc_depths[level]
+    if kind == "mamba" and cfg.official:
+        return VisionMambaLayer2d(dim, depth, cfg.image_size // 2 ** (level + 1), **cfg.mixer_kwargs)
     if kind == "mamba":
         return MambaLayer2d(dim, depth, cfg.scan, **cfg.mixer_kwargs)
     if depth == 0:
@@ -151,9 +194,10 @@ def _stage_layer(kind: str, level: int, cfg: MDDoseConfig) -> nn.Module:
 class MambaEncoder(nn.Module):
     """Head conv + ``len(dims)`` down-sampling stages. Used for x_t and (same form) for the structure.
 
-    ``kind`` chooses the blocks of every stage: "mamba" (MambaLayer2d), "conv" (ResBlock2d x depth + LayerNorm2d)
-    or "transformer" (SwinLayer2d(depth) + LayerNorm2d). ``forward`` is split so the noise encoder can add
-    structure features between stages.
+    ``kind`` chooses the blocks of every stage: "mamba" (MambaLayer2d; VisionMambaLayer2d in the official
+    variant, whose patch embeddings have no norm), "conv" (ResBlock2d x depth + LayerNorm2d) or "transformer"
+    (SwinLayer2d(depth) + LayerNorm2d). ``forward`` is split so the noise encoder can add structure features
+    between stages.
     """
 
     def __init__(self, in_ch: int, cfg: MDDoseConfig, kind: str = "mamba"):
@@ -161,7 +205,8 @@ class MambaEncoder(nn.Module):
         head_ch = cfg.dims[0] // 2
         self.head = nn.Conv2d(in_ch, head_ch, kernel_size=3, padding=1)
         chans = (head_ch, *cfg.dims)
-        self.down = nn.ModuleList([PatchEmbed2d(chans[i], chans[i + 1], 2) for i in range(len(cfg.dims))])
+        self.down = nn.ModuleList([PatchEmbed2d(chans[i], chans[i + 1], 2, norm=not cfg.official)
+                                   for i in range(len(cfg.dims))])
         self.layers = nn.ModuleList([_stage_layer(kind, i, cfg) for i in range(len(cfg.dims))])
 
     def stage(self, i: int, x: Tensor) -> Tensor:
@@ -212,12 +257,30 @@ class MDDose(nn.Module):
         out_ch = [dims[n - 2 - k] if k < n - 1 else dims[0] for k in range(n)]
         in_ch = [dims[n - 1], *out_ch[:-1]]
         self.up = nn.ModuleList([PixelShuffleUpsample(in_ch[k], skip_ch[k]) for k in range(n)])
-        self.reduce = nn.ModuleList([nn.Conv2d(2 * skip_ch[k], out_ch[k], kernel_size=1, bias=False)
-                                     for k in range(n)])
-        self.dec_layers = nn.ModuleList([MambaLayer2d(out_ch[k], cfg.dec_depths[k], cfg.scan, **cfg.mixer_kwargs)
+        if cfg.official:
+            self._build_official_decoder(cfg, skip_ch, out_ch)
+        else:
+            self.reduce = nn.ModuleList([nn.Conv2d(2 * skip_ch[k], out_ch[k], kernel_size=1, bias=False)
                                          for k in range(n)])
-        self.time = TimestepEmbedding(2 * dims[0], (*dims, *out_ch), cfg.fourier_scale, cfg.t_divisor)
-        self.output = nn.Conv2d(dims[0], cfg.out_channels, kernel_size=3, padding=1)
+            self.dec_layers = nn.ModuleList([MambaLayer2d(out_ch[k], cfg.dec_depths[k], cfg.scan,
+                                                          **cfg.mixer_kwargs) for k in range(n)])
+        self.time = TimestepEmbedding(2 * dims[0], (*dims, *out_ch), cfg.fourier_scale, cfg.t_divisor,
+                                      frozen_parameter=cfg.official)
+        if cfg.official:   # the public code's projection for a (commented-out) middle block: never used
+            self.time_unused = nn.Sequential(nn.SiLU(), nn.Linear(2 * dims[0], dims[-1])).requires_grad_(False)
+        self.output = nn.Conv2d(dims[0], cfg.out_channels, kernel_size=3, padding=1, bias=not cfg.official)
+
+    def _build_official_decoder(self, cfg: MDDoseConfig, skip_ch: list[int], out_ch: list[int]) -> None:
+        """Decoder level k of the public code: 1x1 reduction (none at full resolution), then the VisionMamba
+        stage's 1x1 patch-embedding conv (with bias) and the stage at its own grid."""
+        n = self.levels
+        self.reduce = nn.ModuleList([
+            nn.Sequential(nn.Conv2d(2 * skip_ch[k], out_ch[k], kernel_size=1, bias=False),
+                          PatchEmbed2d(out_ch[k], out_ch[k], 1, norm=False)) if k < n - 1
+            else PatchEmbed2d(2 * skip_ch[k], out_ch[k], 1, norm=False) for k in range(n)])
+        self.dec_layers = nn.ModuleList([
+            VisionMambaLayer2d(out_ch[k], cfg.dec_depths[k], cfg.image_size // 2 ** (n - 1 - k), **cfg.mixer_kwargs)
+            for k in range(n)])
 
     def _check(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         return check_denoiser_inputs("md-dose", x_t, t, cond, self.config.in_channels, 2 ** self.levels)
@@ -272,7 +335,7 @@ PRESETS = {
 
 @register_model("md-dose", MDDoseConfig, presets=PRESETS, kind="diffusion", dims=2, fidelity="paper",
                 source="Fu et al. 2024, MD-Dose (paper, Sec. 2) and the authors' code LinjieFu-U/mamba_dose",
-                choices={"structure_encoder": STRUCTURE_ENCODERS})
+                choices={"structure_encoder": STRUCTURE_ENCODERS, "variant": VARIANTS})
 def build_md_dose(cfg: MDDoseConfig) -> MDDose:
     """Builder registered as ``"md-dose"``."""
     return MDDose(cfg)

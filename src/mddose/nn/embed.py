@@ -49,13 +49,19 @@ class GaussianFourierFeatures(nn.Module):
     """Fixed random Fourier features (Song et al. 2021): ``[sin(2π W t), cos(2π W t)]``, W ~ N(0, scale²).
 
     W is a buffer (saved with the weights, never trained). ``t: (B,) -> (B, dim)``.
+    ``frozen_parameter=True`` stores the same W as an ``nn.Parameter`` with ``requires_grad=False`` instead, as
+    MD-Dose's public code does: counted by ``parameters()``, still never trained (same state-dict key).
     """
 
-    def __init__(self, dim: int, scale: float = 30.0):
+    def __init__(self, dim: int, scale: float = 30.0, frozen_parameter: bool = False):
         super().__init__()
         if dim % 2:
             raise ValueError(f"Fourier feature dim must be even, got {dim}")
-        self.register_buffer("W", torch.randn(dim // 2) * scale)
+        w = torch.randn(dim // 2) * scale
+        if frozen_parameter:
+            self.W = nn.Parameter(w, requires_grad=False)
+        else:
+            self.register_buffer("W", w)
 
     def forward(self, t: Tensor) -> Tensor:  # noqa: D102
         proj = t.float()[:, None] * self.W[None, :] * (2 * math.pi)
@@ -70,13 +76,14 @@ class TimestepEmbedding(nn.Module):
         out_dims: channels of each level; ``forward`` returns a list of ``(B, out_dims[i])``.
         scale: std of the Fourier frequencies (30 as in the MD-Dose code).
         t_divisor: timesteps are divided by this first (1000: integer DDPM steps → [0, 1)).
+        frozen_parameter: the Fourier frequencies as a frozen parameter (see :class:`GaussianFourierFeatures`).
     """
 
     def __init__(self, dim: int, out_dims: tuple[int, ...] | list[int], scale: float = 30.0,
-                 t_divisor: float = 1000.0):
+                 t_divisor: float = 1000.0, frozen_parameter: bool = False):
         super().__init__()
         self.t_divisor = float(t_divisor)
-        self.features = GaussianFourierFeatures(dim, scale)
+        self.features = GaussianFourierFeatures(dim, scale, frozen_parameter)
         self.proj = nn.ModuleList([nn.Sequential(nn.SiLU(), nn.Linear(dim, c)) for c in out_dims])
 
     def forward(self, t: Tensor) -> list[Tensor]:

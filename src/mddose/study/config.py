@@ -63,8 +63,8 @@ class MethodSpec:
 class StudyData:
     """``train`` / ``val`` / ``test``: patient folders or list files; or ``phantoms``: counts, size, seed."""
 
-    train: str | None = None
-    val: str | None = None
+    train: str | tuple[str, ...] | None = None
+    val: str | tuple[str, ...] | None = None
     test: str | None = None
     phantoms: dict[str, int] | None = None
 
@@ -179,11 +179,15 @@ def study_from_dict(raw: dict, where: str = "study config") -> StudyConfig:
 
 def _resolve_paths(cfg: StudyConfig, base: Path) -> StudyConfig:
     """Relative data paths: against the current directory first, then the config file's folder."""
+    def resolve(v: str) -> str:
+        return str(base / v) if not Path(v).is_absolute() and not Path(v).exists() and (base / v).exists() else v
+
     fixed = {}
     for key in ("train", "val", "test"):
         v = getattr(cfg.data, key)
-        if v and not Path(v).is_absolute() and not Path(v).exists() and (base / v).exists():
-            fixed[key] = str(base / v)
+        new = tuple(map(resolve, v)) if isinstance(v, tuple) else (resolve(v) if v else v)
+        if new != v:
+            fixed[key] = new
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **fixed)) if fixed else cfg
 
 

@@ -15,6 +15,16 @@ Every learning-rate schedule is a function of the step and of the run's total op
 (:meth:`TrainConfig.lr_at`); the trainer works the total out from ``epochs``, ``max_steps`` and, for a
 time budget, from the measured step rate (see :mod:`mddose.train.trainer`).
 
+Opt-in training levers (defaults = the behaviour before they existed; every one is a JSON key):
+
+* ``"diffusion": {"prediction": "eps" | "v" | "x0"}`` — what the denoiser outputs (ε: the paper).
+* ``"diffusion": {"loss_weighting": "uniform" | "min_snr", "min_snr_gamma": 5.0}`` — per-timestep loss weight,
+  Min-SNR-γ (Hang et al. 2023; formulas in :mod:`mddose.diffusion.schedule`).
+* ``"diffusion": {"mask_weight": w}`` — pixels outside the possible-dose mask weigh ``w`` in the loss (inside: 1),
+  normalised by the weight sum; ``null`` (default) = every pixel alike. Needs the slices' ``"mask"`` item.
+* ``"warmup_steps": N`` — linear learning-rate warm-up over the first N optimizer steps, on top of the schedule.
+* ``"val_samples": K`` — samples per slice averaged when validating (the "more samples at prediction" lever).
+
 The default is ``"paper"``: on the shared OpenKBP patients (``benchmarks/compare_recipes.sh``: md-dose
 ``small``, 64² slices, 4 epochs each on a 2-core CPU) it reached a validation dose score of 14.1 Gy
 against 17.2 Gy for ``"public"`` (see BENCHMARKS.md). The demo config keeps ``"public"`` with lr 5e-4.
@@ -78,25 +88,42 @@ class PhantomsConfig:
 class DataConfig:
     """Where the slices come from.
 
-    ``train`` / ``val``: a directory of patient directories (or one patient), or a text file listing
-    patient paths one per line (relative to the list file). ``phantoms``: ``{"n": N, "seed": S,
+    ``train`` / ``val``: a directory of patient directories (or one patient), a text file listing
+    patient paths one per line (relative to the list file), or a list of those (e.g. OpenKBP's
+    ``train-pats`` and ``extra-train-pats``). ``phantoms``: ``{"n": N, "seed": S,
     "size": 64, "val": V}`` generates N training and V validation phantoms in memory (used when
     ``train`` is None). ``val_max_slices`` caps the validation slices (speed).
     """
 
-    train: str | None = None
-    val: str | None = None
+    train: str | tuple[str, ...] | None = None
+    val: str | tuple[str, ...] | None = None
     phantoms: dict[str, int] | None = None
     val_max_slices: int | None = 64
 
 
 @dataclass(frozen=True)
 class DiffusionConfig:
+    """``diffusion``: the DDPM schedule and parameterisation, and how the training loss is weighted.
+
+    ``prediction``: ``"eps"`` (the paper), ``"v"`` or ``"x0"``. ``loss_weighting``: ``"uniform"`` (Ho et al.'s
+    simple loss) or ``"min_snr"`` (Min-SNR-γ with γ = ``min_snr_gamma``). ``mask_weight``: ``None`` (every pixel
+    alike) or the loss weight of pixels outside the possible-dose mask (inside: 1), e.g. 0 or 0.1.
+    """
+
     num_timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
     schedule: str = "linear"
-    prediction: str = "eps"          # "eps" (the paper) or "v"
+    prediction: str = "eps"          # "eps" (the paper), "v" or "x0"
+    loss_weighting: str = "uniform"  # "uniform" or "min_snr"
+    min_snr_gamma: float = 5.0       # γ of min_snr
+    mask_weight: float | None = None  # loss weight outside the possible-dose mask; None = no mask weighting
+
+    def make_diffusion(self):
+        """The :class:`~mddose.diffusion.GaussianDiffusion` of these settings (``mask_weight`` is the objective's:
+        it needs the batch's mask, see :class:`mddose.train.objectives.DiffusionObjective`)."""
+        from mddose.diffusion import GaussianDiffusion
+        return GaussianDiffusion(**{k: v for k, v in dataclasses.asdict(self).items() if k != "mask_weight"})
 
 
 @dataclass(frozen=True)
@@ -116,6 +143,7 @@ class TrainConfig:
     lr: float | None = None
     lr_schedule: str | None = None       # "constant" | "half-linear" (paper) | "cosine" (C3D)
     lr_min: float | None = None
+    warmup_steps: int = 0                # linear lr warm-up over the first N optimizer steps (0 = none)
     weight_decay: float | None = None    # Adam's L2 weight decay
     amsgrad: bool | None = None
     ema_decay: float | None = None
@@ -129,6 +157,7 @@ class TrainConfig:
     val_every: int = 1                   # epochs; 0 = never
     val_sampler: str = "ddim"
     val_steps: int = 10
+    val_samples: int = 1                 # samples per slice averaged at validation
     checkpoint_every: int | None = None  # steps; None = end of every epoch only
     log_dir: str | None = None           # None: <out>/logs
     max_steps: int | None = None
@@ -166,6 +195,7 @@ class TrainConfig:
                 raise MddoseError(f"{where}: '{k}' must be a JSON object, got {getattr(self, k)!r}")
         for k, lo, optional in (("epochs", 1, False), ("batch_size", 1, True), ("seed", None, False),
                                 ("num_workers", 0, False), ("val_every", 0, False), ("val_steps", 1, False),
+                                ("val_samples", 1, False), ("warmup_steps", 0, False),
                                 ("checkpoint_every", 1, True), ("max_steps", 1, True)):
             if getattr(self, k) is not None or not optional:
                 _need_int(k, getattr(self, k), lo, where)
@@ -184,8 +214,11 @@ class TrainConfig:
         """``data``, ``diffusion``, and the key names of ``slices`` / ``volume``."""
         d = self.data
         for k in ("train", "val"):
-            if not isinstance(getattr(d, k), (str, type(None))):
-                raise MddoseError(f"{where}: data.{k} must be a path (string), got {getattr(d, k)!r}")
+            v = getattr(d, k)
+            ok = isinstance(v, (str, type(None))) or (isinstance(v, (tuple, list)) and v
+                                                      and all(isinstance(x, str) for x in v))
+            if not ok:
+                raise MddoseError(f"{where}: data.{k} must be a path or a non-empty list of paths, got {v!r}")
         if d.phantoms is not None:
             phantoms_config(d.phantoms, where)
         if d.val_max_slices is not None:
@@ -194,12 +227,15 @@ class TrainConfig:
         _need_int("diffusion.num_timesteps", diff.num_timesteps, 1, where)
         for k in ("beta_start", "beta_end"):
             _need_number(f"diffusion.{k}", getattr(diff, k), where, above=0, below=1)
-        if not (isinstance(diff.schedule, str) and isinstance(diff.prediction, str)):
-            raise MddoseError(f"{where}: diffusion.schedule and diffusion.prediction must be strings, got "
-                              f"{diff.schedule!r}, {diff.prediction!r}")
-        from mddose.diffusion import GaussianDiffusion
+        for k in ("schedule", "prediction", "loss_weighting"):
+            if not isinstance(getattr(diff, k), str):
+                raise MddoseError(f"{where}: diffusion.{k} must be a string, got {getattr(diff, k)!r}")
+        _need_number("diffusion.min_snr_gamma", diff.min_snr_gamma, where, above=0)
+        if diff.mask_weight is not None:
+            _need_number("diffusion.mask_weight", diff.mask_weight, where, at_least=0,
+                         hint=" (null: no mask weighting)")
         try:
-            GaussianDiffusion(**dataclasses.asdict(diff))
+            diff.make_diffusion()
         except MddoseError as exc:
             raise MddoseError(f"{where}: {exc}") from None
         from mddose.data.inputs.slices import SliceConfig
@@ -212,7 +248,18 @@ class TrainConfig:
 
         ``constant``: ``lr``. ``half-linear`` (paper): ``lr`` for the first half of the steps, then linear
         down to ``lr_min`` at the last step. ``cosine`` (C3D): ``lr_min + (lr - lr_min)·(1 + cos(π·s/(N-1)))/2``.
+
+        ``warmup_steps`` = W > 0 multiplies that by ``min(1, (step + 1) / W)``: a linear ramp from ``lr/W`` at
+        step 0 to the schedule's own value from step W − 1 on, while the schedule keeps following ``total_steps``.
+        A function of the step only, so an exact resume stays exact.
         """
+        lr = self._schedule_lr(step, total_steps)
+        if self.warmup_steps and step + 1 < self.warmup_steps:
+            return lr * (step + 1) / self.warmup_steps
+        return lr
+
+    def _schedule_lr(self, step: int, total_steps: int) -> float:
+        """:meth:`lr_at` before the warm-up."""
         lr, lo = float(self.lr), float(self.lr_min)
         if self.lr_schedule == "constant" or total_steps <= 1:
             return lr
@@ -305,12 +352,18 @@ def load_train_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
     cfg = TrainConfig.from_dict(raw, where=str(path))
     data = cfg.data
     fixed = {}
+    def resolve(v: str) -> str:
+        if Path(v).is_absolute():
+            return v
+        found = next((c for c in (Path(v), path.parent / v) if c.exists()), None)
+        return os.path.abspath(found) if found is not None else v
+
     for k in ("train", "val"):
         v = getattr(data, k)
-        if v and not Path(v).is_absolute():
-            found = next((c for c in (Path(v), path.parent / v) if c.exists()), None)
-            if found is not None:
-                fixed[k] = os.path.abspath(found)
+        if isinstance(v, str) and resolve(v) != v:
+            fixed[k] = resolve(v)
+        elif isinstance(v, tuple) and tuple(map(resolve, v)) != v:
+            fixed[k] = tuple(map(resolve, v))
     if fixed:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(data, **fixed))
     overrides = {k: v for k, v in overrides.items() if v is not None}

@@ -37,11 +37,9 @@ class AugmentedView(Dataset):
         return len(self.base)
 
     def __getitem__(self, i: int) -> dict:
-        from mddose.data.inputs.slices import augment_pair
-        item = dict(self.base[i])
+        from mddose.data.inputs.slices import augment_item
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(i))
-        item["cond"], item["dose"] = augment_pair(item["cond"], item["dose"], self.cfg, generator=g)
-        return item
+        return augment_item(dict(self.base[i]), self.cfg, generator=g)     # cond, dose and mask jointly
 
 
 @dataclass
@@ -68,11 +66,20 @@ def _skip(item: Any, exc: BaseException) -> tuple[str, str]:
     return name, msg
 
 
-def list_patients(spec: str) -> tuple[list[Path], list[tuple[str, str]]]:
-    """(patient folders, skipped) of a patient folder, a folder of patient folders, or a text file of paths
-    (one per line, relative to the file; ``#`` comments). A listed path that does not exist is skipped."""
+def list_patients(spec: str | tuple[str, ...] | list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """(patient folders, skipped) of a patient folder, a folder of patient folders, a text file of paths
+    (one per line, relative to the file; ``#`` comments), or a list of those (concatenated in order).
+    A listed path that does not exist is skipped."""
     from mddose.data.io import patient_dirs
 
+    if isinstance(spec, (list, tuple)):
+        folders: list[Path] = []
+        skipped: list[tuple[str, str]] = []
+        for one in spec:
+            f, s = list_patients(one)
+            folders += f
+            skipped += s
+        return folders, skipped
     p = Path(spec)
     if p.is_file():
         try:

@@ -5,7 +5,9 @@ looks the objective up in :data:`OBJECTIVES` by that kind and never asks which n
 
 * :class:`DiffusionObjective` — 2D denoisers ``model(x_t, t, cond)`` on axial slices
   (:mod:`mddose.data.inputs.slices`): the DDPM loss of :class:`~mddose.diffusion.GaussianDiffusion`
-  (ε- or v-target, as ``diffusion.prediction`` says), validated by sampling.
+  (ε-, v- or x0-target, as ``diffusion.prediction`` says; uniform or Min-SNR-γ per timestep; optionally
+  weighted by the possible-dose mask, ``diffusion.mask_weight``), validated by sampling (``val_samples``
+  samples per slice averaged).
 * :class:`RegressionObjective` — 3D regressors ``model(cond)`` on whole volumes
   (:mod:`mddose.data.inputs.volume`): masked L1 inside the possible-dose mask over the model's weighted
   outputs (C3D: ``0.5 · L1(A) + L1(B)``), validated by one forward pass per patient.
@@ -16,12 +18,12 @@ better), which picks the ``best`` checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
+from mddose.errors import MddoseError
 from mddose.train.config import TrainConfig
 
 
@@ -39,14 +41,26 @@ class _TrainingOutputs(nn.Module):
 
 
 class DiffusionObjective:
-    """DDPM training of a 2D denoiser on slices. Batch items: ``cond (B, C, H, W)``, ``dose (B, 1, H, W)``."""
+    """DDPM training of a 2D denoiser on slices. Batch items: ``cond (B, C, H, W)``, ``dose (B, 1, H, W)``, and
+    with ``diffusion.mask_weight`` set ``mask (B, 1, H, W)`` (the slice's possible-dose mask, 0/1)."""
 
     kind = "diffusion"
     data_key = "slice_config"
 
     def __init__(self, cfg: TrainConfig):
-        from mddose.diffusion import GaussianDiffusion
-        self.diffusion = GaussianDiffusion(**dataclasses.asdict(cfg.diffusion))
+        self.diffusion = cfg.diffusion.make_diffusion()
+        self.mask_weight = cfg.diffusion.mask_weight
+
+    def pixel_weight(self, batch: dict, device: torch.device) -> Tensor | None:
+        """(B, 1, H, W) loss weights: 1 inside the batch's possible-dose ``mask``, ``mask_weight`` outside;
+        None when ``mask_weight`` is None (every pixel alike). A batch without ``"mask"`` → one-line MddoseError."""
+        if self.mask_weight is None:
+            return None
+        if "mask" not in batch:
+            raise MddoseError("diffusion.mask_weight is set but the training slices carry no 'mask' "
+                              "(possible-dose mask); remove mask_weight or use slices that provide it")
+        inside = batch["mask"].to(device, non_blocking=True) > 0
+        return torch.where(inside, 1.0, float(self.mask_weight)).float()
 
     def train_module(self, model: nn.Module) -> nn.Module:
         return model
@@ -62,7 +76,12 @@ class DiffusionObjective:
         noise_all = torch.randn((global_batch, *x0.shape[1:]), generator=noise_gen)
         t = t_all[rank * b:(rank + 1) * b].to(device)
         noise = noise_all[rank * b:(rank + 1) * b].to(device)
-        return self.diffusion.loss(net, x0, cond, t=t, noise=noise)
+        weight = self.pixel_weight(batch, device)
+        if weight is None:
+            return self.diffusion.loss(net, x0, cond, t=t, noise=noise)
+        # normalised by this rank's weight sum (DDP then averages the ranks' means, so with mask_weight the
+        # result depends slightly on how the global batch is split, unlike the default loss)
+        return self.diffusion.loss(net, x0, cond, t=t, noise=noise, weight=weight)
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"diffusion": self.diffusion.to_dict()}
@@ -77,7 +96,7 @@ class DiffusionObjective:
 
         def validate(m: nn.Module) -> float:
             return patient_dose_score(m, self.diffusion, data.val_patients, data.data_config,
-                                      sampler=cfg.val_sampler, steps=cfg.val_steps,
+                                      sampler=cfg.val_sampler, steps=cfg.val_steps, samples=cfg.val_samples,
                                       max_slices=cfg.data.val_max_slices, seed=cfg.seed,
                                       batch_size=cfg.batch_size, device=device)
         return validate

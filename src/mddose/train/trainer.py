@@ -1,6 +1,7 @@
-"""The training loop: the objective's loss (:mod:`mddose.train.objectives`: the DDPM loss with an ε- or
-v-target for diffusion models, masked L1 for 3D regression), Adam, EMA, gradient clipping, AMP (CUDA), DDP,
-exact resume.
+"""The training loop: the objective's loss (:mod:`mddose.train.objectives`: the DDPM loss with an ε-, v- or
+x0-target for diffusion models, masked L1 for 3D regression), Adam with the learning rate of
+:meth:`~mddose.train.config.TrainConfig.lr_at` (schedule over the run's total steps, optional linear warm-up),
+EMA, gradient clipping, AMP (CUDA), DDP, exact resume.
 
 Output directory layout::
 
@@ -233,6 +234,7 @@ class Trainer:
     #: steps timed before a time budget is turned into a step count (the first steps are slower: warm-up)
     RATE_STEPS = 10
     #: the first steps of a run are slow (allocator, kernel compilation): left out of the measured rate
+    #: (the timing warm-up, unrelated to the learning-rate warm-up ``cfg.warmup_steps``)
     WARMUP_STEPS = 2
     #: the estimate is provisional until this fraction of the budget has passed, then fixed
     FREEZE_FRACTION = 0.1

@@ -12,13 +12,16 @@ from mddose.diffusion import GaussianDiffusion, sample
 
 
 def _predict(model, diffusion, cond: torch.Tensor, device, sampler: str, steps: int, seed: int,
-             batch_size: int) -> torch.Tensor:
-    """(S, 1, H, W) mean prediction in data units, batch by batch, with a fixed generator."""
+             batch_size: int, samples: int = 1) -> torch.Tensor:
+    """(S, 1, H, W) prediction in data units (the mean of ``samples`` samples per slice), batch by batch, with a
+    fixed generator; ``cond``: (S, C, H, W). With K samples a batch holds ``batch_size // K`` slices (at least 1),
+    so that the network still sees about ``batch_size`` rows."""
     g = torch.Generator().manual_seed(seed)
     out = []
-    for i in range(0, cond.shape[0], batch_size):
-        mean, _ = sample(model, diffusion, cond[i:i + batch_size].to(device), sampler=sampler, steps=steps,
-                         generator=g)
+    step = max(1, batch_size // samples) if samples > 1 else batch_size
+    for i in range(0, cond.shape[0], step):
+        mean, _ = sample(model, diffusion, cond[i:i + step].to(device), sampler=sampler, steps=steps,
+                         samples=samples, generator=g)
         out.append(mean.cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
@@ -26,8 +29,10 @@ def _predict(model, diffusion, cond: torch.Tensor, device, sampler: str, steps: 
 @torch.no_grad()
 def patient_dose_score(model: nn.Module, diffusion: GaussianDiffusion, patients: Sequence, slice_cfg, *,
                        sampler: str = "ddim", steps: int = 10, max_slices: int | None = 64, seed: int = 0,
-                       batch_size: int = 16, device: torch.device | str = "cpu") -> float:
+                       batch_size: int = 16, device: torch.device | str = "cpu", samples: int = 1) -> float:
     """Mean over patients of the mean absolute dose error (Gy) inside the possible-dose mask.
+
+    Each slice is predicted as the voxel-wise mean of ``samples`` samples (``TrainConfig.val_samples``).
 
     Slices come from :func:`mddose.data.inputs.slices.patient_to_slices` (prediction selection); with
     ``max_slices`` only that many (evenly spaced, shared among patients) are predicted and the error
@@ -47,7 +52,7 @@ def patient_dose_score(model: nn.Module, diffusion: GaussianDiffusion, patients:
             continue
         keep = np.unique(np.linspace(0, len(arr.z) - 1, min(per_patient, len(arr.z))).round().astype(int))
         cond, z = torch.from_numpy(arr.cond[keep]), arr.z[keep]
-        pred = _predict(model, diffusion, cond, device, sampler, steps, seed, batch_size)
+        pred = _predict(model, diffusion, cond, device, sampler, steps, seed, batch_size, samples)
         vol = slices_to_volume(pred, z, p, slice_cfg)
         mask = p.dose_mask()[z]
         if mask.any():
@@ -59,14 +64,15 @@ def patient_dose_score(model: nn.Module, diffusion: GaussianDiffusion, patients:
 @torch.no_grad()
 def slice_dose_score(model: nn.Module, diffusion: GaussianDiffusion, cond: torch.Tensor, dose: torch.Tensor,
                      reference_dose: float, *, sampler: str = "ddim", steps: int = 10, seed: int = 0,
-                     batch_size: int = 16, device: torch.device | str = "cpu") -> float:
+                     batch_size: int = 16, device: torch.device | str = "cpu", samples: int = 1) -> float:
     """Mean absolute error (Gy) on slices, over pixels where the reference dose is > 0.
 
-    cond: (S, C, H, W); dose: (S, 1, H, W) in data units (dose / reference dose).
+    cond: (S, C, H, W); dose: (S, 1, H, W) in data units (dose / reference dose); each slice predicted as the
+    mean of ``samples`` samples.
     """
     was_training = model.training
     model.eval()
-    pred = _predict(model, diffusion, cond, device, sampler, steps, seed, batch_size)
+    pred = _predict(model, diffusion, cond, device, sampler, steps, seed, batch_size, samples)
     model.train(was_training)
     mask = dose > 0
     if not mask.any():

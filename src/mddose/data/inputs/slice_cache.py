@@ -2,15 +2,17 @@
 
 Layout: per patient ``<cache root>/slices/<key>/`` (:func:`mddose.utils.config.cache_root`:
 ``$MDDOSE_CACHE_DIR``, default ``~/.cache/mddose``) with ``cond.npy`` ((S, C, H, W)), ``dose.npy``
-((S, 1, H, W), if the patient has a dose), ``z.npy`` ((S,) int64) and ``meta.json`` (written last); per
-dataset (an ordered list of patients) ``slices/datasets/<key>/`` with the assembled ``cond.npy`` /
-``dose.npy`` / ``patient_index.npy`` / ``z.npy`` and ``index.json`` — memory-mapped as the dataset's arrays.
+((S, 1, H, W), if the patient has a dose), ``mask.npy`` ((S, 1, H, W) uint8 possible-dose mask), ``z.npy``
+((S,) int64) and ``meta.json`` (written last; holds the crop box); per dataset (an ordered list of patients)
+``slices/datasets/<key>/`` with the assembled ``cond.npy`` / ``dose.npy`` / ``mask.npy`` /
+``patient_index.npy`` / ``z.npy`` and ``index.json`` — memory-mapped as the dataset's arrays.
 
 **Key** — SHA-256 over the slice-cache version, the storage dtype, :meth:`SliceConfig.build_key` (every
-field but the augmentation flags), the prediction flag and the *source key*: for a patient directory the
-patient-cache key of :func:`mddose.data.cache.cache_key` (path + size/mtime of every file, so no file is
-read on a hit), for a :class:`Patient` object a BLAKE2 hash of its arrays and geometry. A hit therefore
-does no CSV parsing, no patient loading and no resizing.
+field but the augmentation flags: so ``crop``, ``crop_margin`` and ``neighbours`` too), the prediction
+flag and the *source key*: for a patient directory the patient-cache key of
+:func:`mddose.data.cache.cache_key` (path + size/mtime of every file, so no file is read on a hit), for a
+:class:`Patient` object a BLAKE2 hash of its arrays and geometry. A hit therefore does no CSV parsing, no
+patient loading and no resizing.
 
 Entries are never modified in place: new ones are renamed into place and damaged ones deleted, so
 memory maps held by live datasets stay valid (truncating a mapped file would crash its reader).
@@ -37,8 +39,8 @@ from mddose.utils.config import cache_root
 from mddose.utils.fs import atomic_dir, describe_error
 from mddose.utils.log import logger
 
-#: Bump when the slice representation changes.
-SLICE_CACHE_VERSION = 1
+#: Bump when the slice representation changes (2: per-slice possible-dose mask, crop box, 2.5D channels).
+SLICE_CACHE_VERSION = 2
 
 
 def slices_root() -> Path:
@@ -82,9 +84,11 @@ def write_slice_entry(entry: Path, sa: SliceArrays) -> None:
         np.save(tmp / "cond.npy", sa.cond)
         if sa.dose is not None:
             np.save(tmp / "dose.npy", sa.dose)
+        np.save(tmp / "mask.npy", np.asarray(sa.mask, dtype=np.uint8))
         np.save(tmp / "z.npy", sa.z)
         meta = {"version": SLICE_CACHE_VERSION, "patient_id": sa.patient_id, "missing": list(sa.missing),
-                "cond": [list(sa.cond.shape), sa.cond.dtype.str], "has_dose": sa.dose is not None}
+                "cond": [list(sa.cond.shape), sa.cond.dtype.str], "has_dose": sa.dose is not None,
+                "box": [int(v) for v in sa.box]}
         (tmp / "meta.json").write_text(json.dumps(meta))
 
 
@@ -98,9 +102,13 @@ def read_slice_entry(entry: Path) -> SliceArrays:
         raise ValueError(f"cond.npy has shape {cond.shape} {cond.dtype}, expected {meta['cond']}")
     z = np.load(entry / "z.npy", allow_pickle=False)
     dose = np.load(entry / "dose.npy", mmap_mode="r", allow_pickle=False) if meta["has_dose"] else None
-    if len(z) != cond.shape[0] or (dose is not None and dose.shape != (cond.shape[0], 1, *cond.shape[2:])):
+    mask = np.load(entry / "mask.npy", mmap_mode="r", allow_pickle=False)
+    one = (cond.shape[0], 1, *cond.shape[2:])
+    if len(z) != cond.shape[0] or (dose is not None and dose.shape != one) or mask.shape != one \
+            or mask.dtype != np.uint8 or len(meta["box"]) != 4:
         raise ValueError("inconsistent array shapes")
-    return SliceArrays(cond=cond, dose=dose, z=z, missing=tuple(meta["missing"]), patient_id=meta["patient_id"],
+    return SliceArrays(cond=cond, dose=dose, z=z, mask=mask, box=tuple(int(v) for v in meta["box"]),
+                       missing=tuple(meta["missing"]), patient_id=meta["patient_id"],
                        meta={"cache_entry": str(entry), "cache_hit": True})
 
 
@@ -148,10 +156,12 @@ class CollectedSlices:
 
     cond: np.ndarray                    # (N, C, H, W)
     dose: np.ndarray                    # (N, 1, H, W)
+    mask: np.ndarray                    # (N, 1, H, W) uint8 0/1 possible-dose mask
     patient_index: np.ndarray           # (N,) int64 index into patient_ids
     z: np.ndarray                       # (N,) int64
     patient_ids: list[str] = field(default_factory=list)
     missing: list[tuple[str, ...]] = field(default_factory=list)
+    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)   # per patient (y0, y1, x0, x1)
     bad: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -189,18 +199,21 @@ def _assemble(parts: list[SliceArrays], dtype: str, alloc) -> CollectedSlices:
     n = sum(len(p.z) for p in parts)
     c, h, w = parts[0].cond.shape[1:]
     cond, dose = alloc("cond", (n, c, h, w), dtype), alloc("dose", (n, 1, h, w), dtype)
+    mask = alloc("mask", (n, 1, h, w), np.uint8)
     pidx, z = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
-    ids, missing, k = [], [], 0
+    ids, missing, boxes, k = [], [], [], 0
     for i in range(len(parts)):
         sa = parts[i]
         s = len(sa.z)
-        cond[k:k + s], dose[k:k + s] = sa.cond, sa.dose
+        cond[k:k + s], dose[k:k + s], mask[k:k + s] = sa.cond, sa.dose, sa.mask
         pidx[k:k + s], z[k:k + s] = i, sa.z
         ids.append(sa.patient_id)
         missing.append(tuple(sa.missing))
+        boxes.append(tuple(int(v) for v in sa.box))
         parts[i] = None  # type: ignore[call-overload]  # drop the memory map now
         k += s
-    return CollectedSlices(cond=cond, dose=dose, patient_index=pidx, z=z, patient_ids=ids, missing=missing)
+    return CollectedSlices(cond=cond, dose=dose, mask=mask, patient_index=pidx, z=z, patient_ids=ids,
+                           missing=missing, boxes=boxes)
 
 
 def _write_dataset_entry(entry: Path, parts: list[SliceArrays], dtype: str, bad) -> None:
@@ -215,29 +228,33 @@ def _write_dataset_entry(entry: Path, parts: list[SliceArrays], dtype: str, bad)
         out = _assemble(parts, dtype, alloc)
         for m in maps:
             m.flush()
-        del maps, out.cond, out.dose
+        del maps, out.cond, out.dose, out.mask
         np.save(tmp / "patient_index.npy", out.patient_index)
         np.save(tmp / "z.npy", out.z)
         index = {"version": SLICE_CACHE_VERSION, "patient_ids": out.patient_ids,
-                 "missing": [list(m) for m in out.missing], "bad": [list(b) for b in bad]}
+                 "missing": [list(m) for m in out.missing], "bad": [list(b) for b in bad],
+                 "boxes": [list(b) for b in out.boxes]}
         (tmp / "index.json").write_text(json.dumps(index))
 
 
 def _read_dataset_entry(entry: Path) -> CollectedSlices:
-    """Open a dataset entry: cond/dose memory-mapped copy-on-write (writable, writes stay private)."""
+    """Open a dataset entry: cond/dose/mask memory-mapped copy-on-write (writable, writes stay private)."""
     index = json.loads((entry / "index.json").read_text())
     if index.get("version") != SLICE_CACHE_VERSION:
         raise ValueError(f"slice cache version {index.get('version')} != {SLICE_CACHE_VERSION}")
     cond = np.load(entry / "cond.npy", mmap_mode="c", allow_pickle=False)
     dose = np.load(entry / "dose.npy", mmap_mode="c", allow_pickle=False)
+    mask = np.load(entry / "mask.npy", mmap_mode="c", allow_pickle=False)
     pidx = np.load(entry / "patient_index.npy", allow_pickle=False)
     z = np.load(entry / "z.npy", allow_pickle=False)
     n = len(z)
-    if cond.shape[0] != n or dose.shape != (n, 1, *cond.shape[2:]) or len(pidx) != n \
-            or (n and pidx.max() >= len(index["patient_ids"])):
+    one = (n, 1, *cond.shape[2:])
+    if cond.shape[0] != n or dose.shape != one or mask.shape != one or mask.dtype != np.uint8 or len(pidx) != n \
+            or (n and pidx.max() >= len(index["patient_ids"])) or len(index["boxes"]) != len(index["patient_ids"]):
         raise ValueError("inconsistent array shapes")
-    return CollectedSlices(cond=cond, dose=dose, patient_index=pidx, z=z, patient_ids=index["patient_ids"],
-                           missing=[tuple(m) for m in index["missing"]], bad=[tuple(b) for b in index["bad"]])
+    return CollectedSlices(cond=cond, dose=dose, mask=mask, patient_index=pidx, z=z,
+                           patient_ids=index["patient_ids"], missing=[tuple(m) for m in index["missing"]],
+                           bad=[tuple(b) for b in index["bad"]], boxes=[tuple(b) for b in index["boxes"]])
 
 
 def collect_slices(items: Sequence[Patient | str | os.PathLike], cfg: SliceConfig, *, cache: bool = True,
