@@ -181,7 +181,7 @@ def test_unknown_only_method_is_refused(tmp_path, capsys):
     assert rc == 2 and "no method named 'X'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["smoke", "paper-cpu", "paper"])
+@pytest.mark.parametrize("name", sorted(builtin_studies()))
 def test_builtin_studies_load(name):
     cfg = load_study_config(name)
     assert name in builtin_studies() and cfg.reference in [m.name for m in cfg.methods]
