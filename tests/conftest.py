@@ -48,6 +48,17 @@ def openkbp_reference_dir() -> Path:
 
 
 @pytest.fixture
+def one_thread():
+    """torch on one thread for the test (tiny models are fastest single-threaded; the machine is shared)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 

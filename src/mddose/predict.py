@@ -366,6 +366,8 @@ def predict_to_dir(checkpoint: str | Path, input_path: str | Path, out: str | Pa
     if out.is_dir() and not force:
         _prepare_output(out, force)             # refuse a non-empty output before the (slow) checkpoint load
     dev = _pick_device(device)
+    from mddose.train.shipped import resolve_checkpoint
+    checkpoint = resolve_checkpoint(checkpoint)
     bundle = load_checkpoint(checkpoint)
     opts = resolve_options(bundle.kind, _model_name(bundle), sampler=sampler, steps=steps, eta=eta,
                            samples=samples, tta=tta)

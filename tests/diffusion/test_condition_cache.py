@@ -13,12 +13,7 @@ CASES = [("md-dose", {"structure_encoder": se}) for se in ("mamba", "none", "con
 IDS = [n + "".join(f"-{v}" for v in o.values()) for n, o in CASES]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny models: fastest single-threaded
 
 
 @pytest.mark.parametrize("name,overrides", CASES, ids=IDS)

@@ -130,6 +130,7 @@ def test_killed_during_the_second_method_resumes_without_retraining_the_first(tm
     (lambda d: d["methods"][0]["train"].update(max_steps=5), "may not set max_steps"),
     (lambda d: d.update(budget={"minutes": 1, "steps": 3}), "budget must be"),
     (lambda d: d.update(colour="blue"), "unknown key"),
+    (lambda d: d["methods"][1].update(name="C3D, small"), "may not contain commas"),
     (lambda d: d["methods"].append(dict(d["methods"][1])), "unique"),
 ])
 def test_bad_study_configs_are_refused_in_one_line(tmp_path, capsys, change, match):

@@ -14,7 +14,9 @@ from mddose.errors import MddoseError
 from mddose.train.checkpoint import (FILES, load_checkpoint, load_optimizer_state, optimizer_state, rng_state,
                                      set_rng_state)
 from mddose.train.trainer import Trainer
-from tests.train.test_trainer import _one_thread, DictDataset, tiny_config, tiny_model  # noqa: F401
+from tests.train.test_trainer import DictDataset, tiny_config, tiny_model  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -14,7 +14,9 @@ from mddose.cli.main import main
 from mddose.errors import MddoseError
 from mddose.train.config import RESUME_MAY_CHANGE, load_train_config
 from mddose.train.trainer import Trainer
-from tests.train.test_trainer import _one_thread, DictDataset, _weights, tiny_config, tiny_model  # noqa: F401
+from tests.train.test_trainer import DictDataset, _weights, tiny_config, tiny_model  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 BASE = {"model": "md-dose", "preset": "tiny", "slices": {"size": 32}, "device": "cpu", "batch_size": 4,
         "data": {"phantoms": {"n": 1, "size": 32, "val": 0}}}

@@ -21,12 +21,7 @@ from mddose.train.trainer import Trainer
 from tests.train.test_trainer import DictDataset, tiny_config, tiny_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny models: fastest single-threaded
 
 
 # ---------------------------------------------------------------------------- learning-rate warm-up

@@ -13,12 +13,7 @@ from mddose.train.config import DataConfig, TrainConfig
 from mddose.train.objectives import OBJECTIVES, DiffusionObjective, RegressionObjective, objective_for
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny models: fastest single-threaded
 
 
 @pytest.mark.parametrize("model,cls", [("md-dose", DiffusionObjective), ("diffdp", DiffusionObjective),

@@ -21,13 +21,7 @@ from mddose.train.config import RECIPES, DataConfig, TrainConfig, builtin_config
 from mddose.train.trainer import Trainer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models are fastest single-threaded (and the test machine is shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny models: fastest single-threaded
 
 
 # ---------------------------------------------------------------------------- test-local model and data
@@ -284,10 +278,15 @@ def test_bad_config_values(bad):
         tiny_config(**bad).resolved()
 
 
-@pytest.mark.parametrize("name", ["demo", "openkbp"])
+BUILTIN_CONFIGS = sorted(p.stem for p in builtin_config("demo").parent.glob("*.json"))
+
+
+@pytest.mark.parametrize("name", BUILTIN_CONFIGS)
 def test_shipped_configs_load(name):
+    from mddose.models import available_models
+
     cfg = load_train_config(builtin_config(name)).resolved()
-    assert cfg.model == "md-dose" and cfg.epochs >= 1
+    assert cfg.model in available_models() and cfg.epochs >= 1
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 

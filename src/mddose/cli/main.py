@@ -35,7 +35,7 @@ from mddose.errors import MddoseError
 from mddose.utils.fs import describe_error
 
 #: Sub-command modules, in the order they appear in ``mddose --help``.
-COMMAND_MODULES = ("demo", "data", "models", "train", "predict", "evaluate", "report", "study", "bench")
+COMMAND_MODULES = ("demo", "data", "models", "train", "predict", "evaluate", "report", "study", "export", "bench")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -22,11 +22,14 @@ def list_models(in_channels: int = 9) -> list[dict]:
     """One dict per (model, preset): name, preset, parameters, config (the preset's full config dict), and
     the registry's kind ("diffusion" | "regression"), dims (2 | 3), fidelity ("official-code" | "paper" |
     "reconstruction"), source, notes; a field with a closed set of values adds a list named after it
-    (md-dose: ``structure_encoders``)."""
+    (md-dose: ``structure_encoders``); ``shipped``: the names of the checkpoints shipped with mddose for this
+    model and preset (``mddose predict --checkpoint NAME``)."""
     import torch
 
     from mddose.models import available_models, build_model, make_config, model_info
+    from mddose.train.shipped import shipped_summary
 
+    shipped = shipped_summary()
     rows = []
     for name, presets in available_models().items():
         info = model_info(name).to_dict()
@@ -40,6 +43,7 @@ def list_models(in_channels: int = 9) -> list[dict]:
                    "fidelity": info["fidelity"], "source": info["source"], "notes": info["notes"],
                    "config": cfg.to_dict()}
             row.update({f"{field}s": values for field, values in choices.items()})
+            row["shipped"] = [s["name"] for s in shipped if s["model"] == name and s["preset"] == preset]
             rows.append(row)
     return rows
 
@@ -58,4 +62,8 @@ def _handler(args) -> int:
         print(f"{r['name']:<13} {r['preset']:<7} {r['parameters']:>12,}  {r['kind']:<10} {r['dims']}D   "
               f"{r['fidelity']:<14} {r['source']}")
     print(f"(parameters counted with in_channels={args.in_channels})")
+    from mddose.train.shipped import shipped_summary
+    shipped = shipped_summary()
+    print("shipped checkpoints (mddose predict --checkpoint NAME): "
+          + (", ".join(f"{s['name']} ({s['model']} {s['preset']})" for s in shipped) or "none in this version"))
     return 0

@@ -12,7 +12,8 @@ from pathlib import Path
 
 def register(sub) -> None:
     p = sub.add_parser("predict", help="predict the 3D dose of patients with a trained checkpoint")
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory (model.safetensors + config.json)")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint directory, or the name of a checkpoint shipped with mddose (mddose models)")
     p.add_argument("--input", required=True, help="a patient directory or a directory of patients (any format)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--format", default="openkbp", choices=["openkbp", "nifti", "dicom"], help="output format")

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from mddose.errors import MddoseError
-from mddose.models.md_dose import check_denoiser_inputs
+from mddose.models.denoiser import ConditionedDenoiser
 from mddose.models.registry import ModelConfig, register_model
 from mddose.nn.embed import TimestepEmbedding
 from mddose.nn.unet2d import Downsample2d, PyramidEncoder2d, ResBlock2d, SelfAttention2d, Upsample2d, group_norm
@@ -142,8 +142,10 @@ def conv_structure_encoder(cfg: DiffDPConfig) -> PyramidEncoder2d:
     return PyramidEncoder2d(cfg.in_channels, cfg.channels, widths, stages)
 
 
-class DiffDP(nn.Module):
+class DiffDP(ConditionedDenoiser):
     """Noise predictor ``model(x_t (B,1,H,W), t (B,), cond (B,C,H,W)) -> eps (B,1,H,W)`` (see module docstring)."""
+
+    NAME = "diffdp"
 
     def __init__(self, cfg: DiffDPConfig):
         super().__init__()
@@ -190,15 +192,8 @@ class DiffDP(nn.Module):
             if i > 0:
                 self.up.append(Upsample2d(prev))
 
-    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        """x_t: (B, 1, H, W), t: (B,) timesteps, cond: (B, C, H, W) → predicted noise (B, 1, H, W)."""
-        t = check_denoiser_inputs("diffdp", x_t, t, cond, self.config.in_channels, 2 ** (len(self.enc) - 1))
-        return self.denoise(x_t, t, self.encode_condition(cond))
-
-    def encode_condition(self, cond: Tensor) -> list[Tensor]:
-        """The structure encoder's level outputs of ``cond (B, C, H, W)`` (independent of x_t and t: a sampler
-        computes them once per slice batch): ``[(B, widths[i], H/2^i, W/2^i) for each level]``."""
-        return self.structure(cond)
+    def size_multiple(self) -> int:  # noqa: D102
+        return 2 ** (len(self.enc) - 1)
 
     def denoise(self, x_t: Tensor, t: Tensor, s: list[Tensor]) -> Tensor:
         """x_t: (B, 1, H, W), t: (B,) timesteps, s: :meth:`encode_condition` of the cond → (B, 1, H, W)."""

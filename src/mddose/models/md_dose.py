@@ -66,6 +66,7 @@ import torch
 from torch import Tensor, nn
 
 from mddose.errors import MddoseError
+from mddose.models.denoiser import ConditionedDenoiser
 from mddose.models.registry import ModelConfig, register_model
 from mddose.nn.embed import LayerNorm2d, PatchEmbed2d, PixelShuffleUpsample, TimestepEmbedding
 from mddose.nn.swin import SwinLayer2d
@@ -221,28 +222,10 @@ class MambaEncoder(nn.Module):
         return feats
 
 
-def check_denoiser_inputs(name: str, x_t: Tensor, t: Tensor, cond: Tensor, in_channels: int, mult: int) -> Tensor:
-    """Validate ``x_t (B,1,H,W)``, ``t (B,) or scalar``, ``cond (B,in_channels,H,W)``, H and W divisible by ``mult``.
-
-    Raises ValueError naming the model and the shapes; returns ``t`` as a ``(B,)`` tensor on x_t's device.
-    """
-    if x_t.dim() != 4 or x_t.shape[1] != 1:
-        raise ValueError(f"{name}: x_t must be (B, 1, H, W), got {tuple(x_t.shape)}")
-    b, _, h, w = x_t.shape
-    if h % mult or w % mult:
-        raise ValueError(f"{name}: H and W must be divisible by {mult}, got {h}x{w}")
-    if cond.shape != (b, in_channels, h, w):
-        raise ValueError(f"{name}: cond must be (B={b}, C={in_channels}, {h}, {w}), got {tuple(cond.shape)}")
-    t = torch.as_tensor(t, device=x_t.device)
-    if t.dim() == 0:
-        t = t.expand(b)
-    if t.shape != (b,):
-        raise ValueError(f"{name}: t must be (B={b},), got {tuple(t.shape)}")
-    return t
-
-
-class MDDose(nn.Module):
+class MDDose(ConditionedDenoiser):
     """Noise predictor ``model(x_t (B,1,H,W), t (B,), cond (B,C,H,W)) -> eps (B,1,H,W)``."""
+
+    NAME = "md-dose"
 
     def __init__(self, cfg: MDDoseConfig):
         super().__init__()
@@ -282,13 +265,8 @@ class MDDose(nn.Module):
             VisionMambaLayer2d(out_ch[k], cfg.dec_depths[k], cfg.image_size // 2 ** (n - 1 - k), **cfg.mixer_kwargs)
             for k in range(n)])
 
-    def _check(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        return check_denoiser_inputs("md-dose", x_t, t, cond, self.config.in_channels, 2 ** self.levels)
-
-    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        """x_t: (B, 1, H, W), t: (B,) timesteps, cond: (B, C, H, W) → predicted noise (B, 1, H, W)."""
-        t = self._check(x_t, t, cond)
-        return self.denoise(x_t, t, self.encode_condition(cond))
+    def size_multiple(self) -> int:  # noqa: D102
+        return 2 ** self.levels
 
     def encode_condition(self, cond: Tensor) -> list[Tensor]:
         """What the noise branch needs of ``cond (B, C, H, W)``, independent of x_t and t — so a sampler can

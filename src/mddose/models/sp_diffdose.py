@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from mddose.errors import MddoseError
 from mddose.models.diffdp import check_int_fields, check_int_tuple
-from mddose.models.md_dose import check_denoiser_inputs
+from mddose.models.denoiser import ConditionedDenoiser
 from mddose.models.registry import ModelConfig, register_model
 from mddose.nn.embed import TimestepEmbedding
 from mddose.nn.swin import SwinLayer2d
@@ -190,8 +190,10 @@ def structure_encoder(cfg: SPDiffDoseConfig) -> PyramidEncoder2d:
     return PyramidEncoder2d(cfg.in_channels, cfg.channels, cfg.widths, stages)
 
 
-class SPDiffDose(nn.Module):
+class SPDiffDose(ConditionedDenoiser):
     """Noise predictor ``model(x_t (B,1,H,W), t (B,), cond (B,C,H,W)) -> eps (B,1,H,W)`` (see module docstring)."""
+
+    NAME = "sp-diffdose"
 
     def __init__(self, cfg: SPDiffDoseConfig):
         super().__init__()
@@ -211,15 +213,8 @@ class SPDiffDose(nn.Module):
         self.output = nn.Sequential(group_norm(widths[0], cfg.norm_groups), nn.SiLU(),
                                     nn.Conv2d(widths[0], cfg.out_channels, kernel_size=3, padding=1))
 
-    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        """x_t: (B, 1, H, W), t: (B,) timesteps, cond: (B, C, H, W) → predicted noise (B, 1, H, W)."""
-        t = check_denoiser_inputs("sp-diffdose", x_t, t, cond, self.config.in_channels, 2 ** (len(self.enc) - 1))
-        return self.denoise(x_t, t, self.encode_condition(cond))
-
-    def encode_condition(self, cond: Tensor) -> list[Tensor]:
-        """The structure encoder's level outputs of ``cond (B, C, H, W)`` (independent of x_t and t: a sampler
-        computes them once per slice batch): ``[(B, widths[i], H/2^i, W/2^i) for each level]``."""
-        return self.structure(cond)
+    def size_multiple(self) -> int:  # noqa: D102
+        return 2 ** (len(self.enc) - 1)
 
     def denoise(self, x_t: Tensor, t: Tensor, s: list[Tensor]) -> Tensor:
         """x_t: (B, 1, H, W), t: (B,) timesteps, s: :meth:`encode_condition` of the cond → (B, 1, H, W)."""

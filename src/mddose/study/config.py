@@ -145,6 +145,10 @@ def study_from_dict(raw: dict, where: str = "study config") -> StudyConfig:
         raise MddoseError(f"{where}: 'methods' must be a non-empty list")
     methods = tuple(_method(d, where, i) for i, d in enumerate(raw["methods"]))
     names = [m.name for m in methods]
+    commas = [n for n in names if "," in n]
+    if commas:
+        raise MddoseError(f"{where}: method names may not contain commas (--only separates names with them): "
+                          f"{commas[0]!r}")
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise MddoseError(f"{where}: method names must be unique, repeated: {', '.join(dup)}")

@@ -176,6 +176,30 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, ema: nn.Module
     return path
 
 
+def export_for_prediction(src: str | os.PathLike, dst: str | os.PathLike, *, card: str | None = None,
+                          force: bool = False) -> Path:
+    """A prediction-only copy of checkpoint ``src`` in ``dst``: the EMA weights, ``config.json`` (marked
+    ``"export": "prediction"``, with the checksum record of what it holds) and ``MODEL_CARD.md`` (``card``).
+
+    About half the size of a checkpoint (no raw weights, no training state) — what mddose ships. ``src`` is
+    checked completely first. An existing ``dst`` is replaced only with ``force``.
+    """
+    from mddose.utils.fs import check_new_output
+
+    bundle = load_checkpoint(src)            # every file of src verified, the weights load and are finite
+    dst = check_new_output(dst, force)
+    cfg = {k: v for k, v in bundle.meta.items() if k != "files"}
+    cfg["export"] = "prediction"
+    with atomic_dir(dst, force=True) as tmp:
+        _save_tensors(bundle.model.state_dict(), tmp / "ema.safetensors")
+        if card is not None:
+            with atomic_write(tmp / "MODEL_CARD.md", "w") as fh:
+                fh.write(card)
+        files = {f.name: file_record(f) for f in sorted(tmp.iterdir()) if f.name.endswith(".safetensors")}
+        _write_json({**cfg, "files": files}, tmp / "config.json")
+    return dst
+
+
 # ---------------------------------------------------------------------------- load
 def read_checkpoint_config(path: str | os.PathLike) -> dict:
     """config.json of a checkpoint, validated (format, version)."""
@@ -267,7 +291,11 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
 
     path = Path(path)
     cfg = read_checkpoint_config(path)
-    verify_files(path, cfg, required=("model.safetensors", "ema.safetensors"), optional=TRAIN_STATE_FILES)
+    exported = cfg.get("export") == "prediction"
+    if exported and raw:
+        raise MddoseError("a prediction-only checkpoint has no raw (non-EMA) weights", path)
+    verify_files(path, cfg, required=("ema.safetensors",) if exported else ("model.safetensors", "ema.safetensors"),
+                 optional=() if exported else TRAIN_STATE_FILES)
     where = path / "config.json"
     kind = cfg.get("kind", "diffusion")
     if kind not in ("diffusion", "regression"):
@@ -293,7 +321,8 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         check_state_dict(model, raw_sd, path / "model.safetensors")
     else:
         raw_sd = None
-        check_finite_file(path / "model.safetensors")
+        if not exported:
+            check_finite_file(path / "model.safetensors")
     model.to(device).eval()
     return CheckpointBundle(model=model, model_config=getattr(model, "config", cfg.get("model")),
                             slice_config=data_cfg if kind == "diffusion" else None, train_config=tcfg,

@@ -373,8 +373,11 @@ def load_train_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
 
 
 def builtin_config(name: str) -> Path:
-    """Path of a config shipped in ``mddose/configs`` (``"demo"``, ``"openkbp"``)."""
-    p = Path(__file__).resolve().parents[1] / "configs" / f"{name}.json"
+    """Path of a training config shipped in ``mddose/configs`` (``"demo"``, ``"openkbp"``, ``"openkbp-cpu"``,
+    ``"openkbp-c3d"``, ...)."""
+    root = Path(__file__).resolve().parents[1] / "configs"
+    p = root / f"{name}.json"
     if not p.is_file():
-        raise MddoseError(f"no built-in config named {name!r}")
+        known = ", ".join(sorted(q.stem for q in root.glob("*.json")))
+        raise MddoseError(f"--config: no config file and no built-in config named {name!r} (built-in: {known})")
     return p

@@ -1,0 +1,31 @@
+"""``mddose export`` — a prediction-only copy of a checkpoint (EMA weights + config + model card)."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="write a prediction-only copy of a checkpoint (what mddose ships)",
+                       description="Copy the EMA weights and config of CHECKPOINT into OUT (with SHA-256 records "
+                                   "and an optional model card): about half the size, enough for `mddose predict`.")
+    p.add_argument("checkpoint", help="checkpoint directory (e.g. runs/openkbp-cpu/best)")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--card", metavar="FILE", help="model card (Markdown) stored as MODEL_CARD.md")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from pathlib import Path
+
+    from mddose.errors import MddoseError
+    from mddose.train.checkpoint import export_for_prediction
+
+    card = None
+    if args.card:
+        try:
+            card = Path(args.card).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MddoseError(f"cannot read the model card ({exc})", args.card) from None
+    out = export_for_prediction(args.checkpoint, args.out, card=card, force=args.force)
+    print(f"exported {args.checkpoint} -> {out}")
+    return 0
