@@ -36,6 +36,17 @@ def check_denoiser_inputs(name: str, x_t: Tensor, t: Tensor, cond: Tensor, in_ch
     return t
 
 
+def check_dropout_and_time(where: str, cfg: Any) -> None:
+    """Shared config checks of the conv/Swin denoisers: ``dropout`` in [0, 1), ``t_divisor`` and
+    ``fourier_scale`` > 0 (one-line MddoseError naming ``where``)."""
+    from mddose.errors import MddoseError
+
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise MddoseError(f"{where}: dropout must be in [0, 1), got {cfg.dropout}")
+    if cfg.t_divisor <= 0 or cfg.fourier_scale <= 0:
+        raise MddoseError(f"{where}: t_divisor and fourier_scale must be > 0")
+
+
 class ConditionedDenoiser(nn.Module):
     """Base of the 2D denoisers: ``forward(x_t (B,1,H,W), t (B,), cond (B,C,H,W)) -> (B,1,H,W)``."""
 

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from mddose.errors import MddoseError
-from mddose.models.denoiser import ConditionedDenoiser
+from mddose.models.denoiser import ConditionedDenoiser, check_dropout_and_time
 from mddose.models.registry import ModelConfig, register_model
 from mddose.nn.embed import TimestepEmbedding
 from mddose.nn.unet2d import Downsample2d, PyramidEncoder2d, ResBlock2d, SelfAttention2d, Upsample2d, group_norm
@@ -105,10 +105,7 @@ class DiffDPConfig(ModelConfig):
                if (i in self.attn_levels or i == n - 1) and (self.channels * m) % self.attn_heads]
         if bad:
             raise MddoseError(f"{where}: attn_heads ({self.attn_heads}) must divide the attention widths, got {bad}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise MddoseError(f"{where}: dropout must be in [0, 1), got {self.dropout}")
-        if self.t_divisor <= 0 or self.fourier_scale <= 0:
-            raise MddoseError(f"{where}: t_divisor and fourier_scale must be > 0")
+        check_dropout_and_time(where, self)
 
     @property
     def widths(self) -> tuple[int, ...]:

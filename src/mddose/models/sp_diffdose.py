@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from mddose.errors import MddoseError
 from mddose.models.diffdp import check_int_fields, check_int_tuple
-from mddose.models.denoiser import ConditionedDenoiser
+from mddose.models.denoiser import ConditionedDenoiser, check_dropout_and_time
 from mddose.models.registry import ModelConfig, register_model
 from mddose.nn.embed import TimestepEmbedding
 from mddose.nn.swin import SwinLayer2d
@@ -103,10 +103,7 @@ class SPDiffDoseConfig(ModelConfig):
         if bad:
             raise MddoseError(f"{where}: head_dim {self.head_dim} gives head counts that do not divide the Swin "
                               f"widths {bad}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise MddoseError(f"{where}: dropout must be in [0, 1), got {self.dropout}")
-        if self.t_divisor <= 0 or self.fourier_scale <= 0:
-            raise MddoseError(f"{where}: t_divisor and fourier_scale must be > 0")
+        check_dropout_and_time(where, self)
 
     @property
     def widths(self) -> tuple[int, ...]:
