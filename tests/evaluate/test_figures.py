@@ -219,3 +219,12 @@ def test_viewer_frames_panels_and_crop(patient):
     assert 48 <= h <= 96 and w > 4 * h - 10  # cropped to the body, enlarged, four panels side by side
     assert fr["aspect"] == pytest.approx(w / h, rel=0.1)
     assert 0 <= fr["start"] < len(fr["src"])
+
+
+def test_dose_error_figure_wraps_long_method_names_within_their_panel(patient):
+    name = "lr 2e-3 + 50 warm-up steps + x0-prediction (reference)"
+    fig = F.dose_error_figure(patient.ct, patient.dose, {name: make_prediction(patient)}, [8], patient.spacing)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert len(titles) == 3
+    assert all(len(line) <= 26 for t in titles for line in t.splitlines())
+    assert [t.replace("\n", " ") for t in titles[1:]] == [name, f"{name} − GT"]

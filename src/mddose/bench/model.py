@@ -6,9 +6,10 @@ Sections (``--sections``, default all that can run):
   ``md-dose`` presets ``paper`` at 128² and 256² and ``small`` at 128² (the paper's Table 2 reports
   0.18 s/iteration on an RTX 3090).
 * ``train``: training throughput (slices/s, forward + backward + Adam step) of ``small`` at 128², batch 8.
-* ``patient``: whole-patient prediction of one real OpenKBP patient (128³) with the default CPU
-  model, sampler and batch (``small``, DDIM 10 steps, batch 8; untrained weights: speed does not
-  depend on them), and with DPM-Solver++ 10 steps. Target ≤ 60 s.
+* ``patient``: whole-patient prediction of one real OpenKBP patient (128³) with the shipped checkpoint
+  ``openkbp-small`` (or ``--checkpoint``; an untrained ``small`` model where neither exists — speed does not
+  depend on the weights), the default sampler and batch (DDIM 10 steps, batch 8), and with DPM-Solver++
+  10 steps. Target ≤ 30 s.
 * ``table2``: the paper's Table 2 for every registered model (``paper`` and ``small`` presets): parameters
   and seconds per iteration (2D diffusion: one denoiser call at 256², batch 1; 3D: one forward of a
   128³ volume), all in one run, with the ratios MD-Dose / SP-DiffDose and MD-Dose / DiffDP beside the
@@ -30,7 +31,8 @@ SECTIONS = ("iter", "train", "patient", "table2", "steps")
 
 def add_arguments(parser) -> None:
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
-    parser.add_argument("--checkpoint", help="trained checkpoint for the 'steps' section (skipped without)")
+    parser.add_argument("--checkpoint", help="trained checkpoint (folder or shipped name) for 'steps' (skipped "
+                        "without) and 'patient' (default: the shipped openkbp-small)")
     parser.add_argument("--data", help="OpenKBP patient for 'patient' (default ../shared/openkbp/validation-pats/pt_201)")
     parser.add_argument("--phantoms", type=int, default=2, help="held-out phantoms for 'steps'")
     parser.add_argument("--repeats", type=int, default=3)
@@ -92,24 +94,35 @@ def _default_patient() -> Path:
     return shared_openkbp() / "validation-pats" / "pt_201"
 
 
-def bench_patient(path: Path, sampler: str, steps: int) -> dict:
-    from mddose.data.io import load_patient
+def _patient_bundle(checkpoint: str | None):
+    """(bundle, label): ``checkpoint``, else the shipped ``openkbp-small``, else an untrained ``small`` model."""
     from mddose.data.inputs.slices import SliceConfig
     from mddose.diffusion import GaussianDiffusion
     from mddose.models import build_model
-    from mddose.predict import predict_patient
-    from mddose.train.checkpoint import CheckpointBundle
+    from mddose.train.checkpoint import CheckpointBundle, load_checkpoint
+    from mddose.train.shipped import resolve_checkpoint, shipped_checkpoints
 
-    patient = load_patient(path)
+    if checkpoint is None and "openkbp-small" in shipped_checkpoints():
+        checkpoint = "openkbp-small"
+    if checkpoint is not None:
+        return load_checkpoint(resolve_checkpoint(checkpoint)), checkpoint
     cfg = SliceConfig(size=128)
     model = build_model("md-dose", preset="small", in_channels=cfg.channels).eval()
-    bundle = CheckpointBundle(model=model, model_config=model.config, slice_config=cfg, train_config=None,
-                              diffusion=GaussianDiffusion(), meta={})
+    return CheckpointBundle(model=model, model_config=model.config, slice_config=cfg, train_config=None,
+                            diffusion=GaussianDiffusion(), meta={}), "untrained md-dose small"
+
+
+def bench_patient(path: Path, sampler: str, steps: int, checkpoint: str | None = None) -> dict:
+    from mddose.data.io import load_patient
+    from mddose.predict import predict_patient
+
+    patient = load_patient(path)
+    bundle, label = _patient_bundle(checkpoint)
     t = time.perf_counter()
     pred = predict_patient(bundle, patient, sampler=sampler, steps=steps)
     s = time.perf_counter() - t
-    return {"patient": patient.id, "grid": list(patient.shape), "sampler": sampler, "steps": steps,
-            "seconds": round(s, 1), "target_s": 60, "nonzero": bool(pred.dose.any())}
+    return {"patient": patient.id, "checkpoint": label, "grid": list(patient.shape), "sampler": sampler,
+            "steps": steps, "seconds": round(s, 1), "target_s": 30, "nonzero": bool(pred.dose.any())}
 
 
 def bench_steps(checkpoint: str, n: int, slices_per_patient: int = 8) -> list[dict]:
@@ -155,8 +168,6 @@ def run(args) -> int:
 
     import torch
 
-    from mddose.errors import MddoseError
-
     res: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__}, "
                             f"{torch.get_num_threads()} threads"}
     if "iter" in args.sections:
@@ -166,7 +177,7 @@ def run(args) -> int:
     if "patient" in args.sections:
         path = Path(args.data) if args.data else _default_patient()
         if path.is_dir():
-            res["patient"] = [bench_patient(path, "ddim", 10), bench_patient(path, "dpmpp2m", 10)]
+            res["patient"] = [bench_patient(path, sampler, 10, args.checkpoint) for sampler in ("ddim", "dpmpp2m")]
         else:
             res["patient"] = f"skipped: {path} not found (give --data)"
     if "table2" in args.sections:
@@ -174,9 +185,8 @@ def run(args) -> int:
         res["table2"] = bench_table2(args.repeats, progress=not args.json)
     if "steps" in args.sections:
         if args.checkpoint:
-            if not Path(args.checkpoint).is_dir():
-                raise MddoseError("--checkpoint: not a directory", args.checkpoint)
-            res["steps"] = bench_steps(args.checkpoint, args.phantoms)
+            from mddose.train.shipped import resolve_checkpoint
+            res["steps"] = bench_steps(str(resolve_checkpoint(args.checkpoint)), args.phantoms)
         else:
             res["steps"] = "skipped: give --checkpoint (e.g. mddose-demo/checkpoint)"
     if args.json:

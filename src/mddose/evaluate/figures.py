@@ -199,7 +199,7 @@ def dose_error_figure(ct: np.ndarray, reference: np.ndarray, predictions: Mappin
                                 alpha=0.75, aspect=aspect, interpolation="nearest")
             dose_im.set_gid("dose")
             if i == 0:
-                ax.set_title(title, fontsize=10)
+                ax.set_title(_panel_title(title, panel_inches), fontsize=9)
         for j, n in enumerate(names):
             ax = axes[i, 1 + len(names) + j]
             _show_ct(ax, ct2d, ct_window, aspect)
@@ -211,7 +211,7 @@ def dose_error_figure(ct: np.ndarray, reference: np.ndarray, predictions: Mappin
             ax.text(0.03, 0.04, f"MAE {mae:.2f} Gy", transform=ax.transAxes, fontsize=7, color="black",
                     bbox=dict(facecolor="white", alpha=0.7, pad=1.5, linewidth=0))
             if i == 0:
-                ax.set_title(f"{n} − GT", fontsize=10)
+                ax.set_title(_panel_title(f"{n} − GT", panel_inches), fontsize=9)
         axes[i, 0].set_ylabel(f"slice {s}", fontsize=9)
     fig.colorbar(dose_im, ax=axes[:, :1 + len(names)].ravel().tolist(), location="bottom", shrink=0.6,
                  aspect=30, label="Dose (Gy)")
@@ -220,6 +220,13 @@ def dose_error_figure(ct: np.ndarray, reference: np.ndarray, predictions: Mappin
     if out_path is not None:
         save_figure(fig, out_path)
     return fig
+
+
+def _panel_title(text: str, panel_inches: float) -> str:
+    """``text`` wrapped to the width of one panel (long method names would run into the next panel)."""
+    import textwrap
+
+    return textwrap.fill(text, width=max(int(panel_inches * 12), 12), break_long_words=True, break_on_hyphens=False)
 
 
 # ---------------------------------------------------------------------------------------------- Fig. 3

@@ -25,9 +25,10 @@ Opt-in training levers (defaults = the behaviour before they existed; every one 
 * ``"warmup_steps": N`` — linear learning-rate warm-up over the first N optimizer steps, on top of the schedule.
 * ``"val_samples": K`` — samples per slice averaged when validating (the "more samples at prediction" lever).
 
-The default is ``"paper"``: on the shared OpenKBP patients (``benchmarks/compare_recipes.sh``: md-dose
-``small``, 64² slices, 4 epochs each on a 2-core CPU) it reached a validation dose score of 14.1 Gy
-against 17.2 Gy for ``"public"`` (see BENCHMARKS.md). The demo config keeps ``"public"`` with lr 5e-4.
+The default is ``"paper"``. Measured on the shared OpenKBP patients at 8 minutes of CPU training per run (the
+``ablation-cpu`` and ``levers-cpu`` studies, BENCHMARKS.md), the paper recipe with ``"lr": 2e-3``,
+``"warmup_steps": 50`` and x0-prediction learns fastest; the CPU config ``openkbp-cpu`` (the shipped checkpoint's)
+uses exactly that.
 
 JSON example::
 
