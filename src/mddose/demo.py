@@ -179,7 +179,8 @@ def _summary_md(info: dict, mae: dict[str, float]) -> str:
              "| patient | MAE in body (Gy) |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in mae.items()]
     lines += ["", "![Dose and error maps of the first held-out phantom](dose_maps.png)", "",
-              "![DVHs of the first held-out phantom](dvh.png)", "", "Figures: `dose_maps.png` (dose and error maps), `dvh.png` (DVH curves); "
+              "![DVHs of the first held-out phantom](dvh.png)", "",
+              "Figures: `dose_maps.png` (dose and error maps), `dvh.png` (DVH curves); "
               "report: `report.html`; checkpoint: `checkpoint/` "
               "(`mddose predict --checkpoint checkpoint --input phantoms --out pred`).", ""]
     return "\n".join(lines)
