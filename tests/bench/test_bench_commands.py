@@ -34,3 +34,18 @@ def test_bench_command_json(name, keys, two_patients_dir, capsys):
 def test_bench_model_rejects_missing_checkpoint(tmp_path, capsys):
     rc = main(["bench", "model", "--sections", "steps", "--checkpoint", str(tmp_path / "nope")])
     assert rc == 2 and "--checkpoint" in capsys.readouterr().err
+
+
+def test_bench_patient_counts_the_sampled_slices():
+    """The whole-patient row says how many slices were sampled (so s / slice compares patients)."""
+    import dataclasses
+
+    from mddose.bench.model import _patient_bundle, _predicted_slices
+    from mddose.data.phantom import make_phantom
+
+    patient = make_phantom(0, 32)
+    mask = patient.possible_dose_mask.copy()
+    mask[:5] = False                                 # five slices without possible dose are not sampled
+    patient = dataclasses.replace(patient, possible_dose_mask=mask)
+    bundle, _ = _patient_bundle(None)
+    assert _predicted_slices(bundle, patient) == int(mask.any(axis=(1, 2)).sum()) <= patient.shape[0] - 5

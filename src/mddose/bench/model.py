@@ -118,11 +118,25 @@ def bench_patient(path: Path, sampler: str, steps: int, checkpoint: str | None =
 
     patient = load_patient(path)
     bundle, label = _patient_bundle(checkpoint)
+    n_slices = _predicted_slices(bundle, patient)
     t = time.perf_counter()
     pred = predict_patient(bundle, patient, sampler=sampler, steps=steps)
     s = time.perf_counter() - t
-    return {"patient": patient.id, "checkpoint": label, "grid": list(patient.shape), "sampler": sampler,
-            "steps": steps, "seconds": round(s, 1), "target_s": 30, "nonzero": bool(pred.dose.any())}
+    row = {"patient": patient.id, "checkpoint": label, "grid": list(patient.shape), "sampler": sampler,
+           "steps": steps, "seconds": round(s, 1), "target_s": 30, "nonzero": bool(pred.dose.any())}
+    if n_slices:
+        row.update(slices=n_slices, s_per_slice=round(s / n_slices, 3))
+    return row
+
+
+def _predicted_slices(bundle, patient) -> int | None:
+    """Number of axial slices a 2D diffusion model samples for ``patient`` (None for a 3D model)."""
+    if bundle.kind != "diffusion":
+        return None
+    from mddose.data.inputs.slices import select_slices
+    from mddose.predict import _slice_config
+
+    return int(len(select_slices(patient, _slice_config(bundle), for_prediction=True)))
 
 
 def bench_steps(checkpoint: str, n: int, slices_per_patient: int = 8) -> list[dict]:
