@@ -19,10 +19,10 @@ TABLE3 = ["MD-Dose", "MD-Dose none-SE", "MD-Dose Conv-SE", "MD-Dose Trans-SE"]
 
 def _row(name: str) -> str:
     """The first score row (Table 1 or 3) of method ``name`` in RESULTS.md (the reference row carries a suffix)."""
+    label = re.compile(re.escape(name) + r"( = Mamba-SE)?( \(reference\))?")
     for line in RESULTS.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and "±" in line and re.fullmatch(re.escape(name) + r"( \(reference\)| = Mamba-SE \(reference\))?",
-                                                 cells[0]):
+        first = line.strip().strip("|").split("|")[0].strip()
+        if line.startswith("|") and "±" in line and label.fullmatch(first):
             return line
     raise AssertionError(f"no row for {name} in RESULTS.md")
 
