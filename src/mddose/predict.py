@@ -27,6 +27,7 @@ import torch
 
 from mddose.data.patient import Patient
 from mddose.errors import MddoseError
+from mddose.train.predict_options import OPTION_DEFAULTS, checkpoint_defaults, resolve_options  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -70,35 +71,6 @@ def missing_rois(patient: Patient, data_cfg) -> list[str]:
     if data_cfg.oars and len(missing) == len(data_cfg.oars):
         raise MddoseError(f"patient {patient.id}: has none of the model's OARs ({', '.join(data_cfg.oars)})")
     return missing
-
-
-#: model kind → the prediction options it takes and their defaults
-OPTION_DEFAULTS: dict[str, dict] = {
-    "diffusion": {"sampler": "ddim", "steps": 10, "eta": 0.0, "samples": 1},
-    "regression": {"tta": True},
-}
-_KIND_WORDS = {"diffusion": "2D diffusion models", "regression": "3D regression models"}
-
-
-def resolve_options(kind: str, model_name: str = "this model", **given) -> dict:
-    """The prediction options of a ``kind`` of model: ``given`` (None = not given) over the defaults.
-
-    An option that only another kind of model takes → one-line :class:`MddoseError` naming it.
-    """
-    given = {k: v for k, v in given.items() if v is not None}
-    own = OPTION_DEFAULTS[kind]
-    for name in given:
-        if name not in own:
-            other = next(k for k, d in OPTION_DEFAULTS.items() if name in d)
-            flag = "--no-tta" if name == "tta" else f"--{name}"
-            raise MddoseError(f"{flag}: only for {_KIND_WORDS[other]}; {model_name} is a "
-                              f"{_KIND_WORDS[kind][:-1]}")
-    opts = {**own, **given}
-    if "samples" in opts and opts["samples"] < 1:
-        raise MddoseError(f"--samples: must be ≥ 1, got {opts['samples']}")
-    if "steps" in opts and opts["steps"] < 1:
-        raise MddoseError(f"--steps: must be ≥ 1, got {opts['steps']}")
-    return opts
 
 
 def _model_name(bundle) -> str:
@@ -180,7 +152,8 @@ def predict_patient(bundle, patient: Patient, *, sampler: str | None = None, ste
     Args:
         bundle: a :class:`mddose.train.checkpoint.CheckpointBundle` (model in eval mode, configs).
         patient: the patient (dose, if any, is ignored).
-        sampler, steps, eta: diffusion models only, see :func:`mddose.diffusion.sample` (default DDIM, 10, 0).
+        sampler, steps, eta: diffusion models only, see :func:`mddose.diffusion.sample` (default: the
+            checkpoint's own (:func:`checkpoint_defaults`), else DDIM, 10, 0).
         samples: diffusion models only: K samples per slice; K > 1 also gives the std map (default 1).
         tta: 3D regression models only: mean of four flips (default True).
         batch: slices per sampler call (each call runs ``batch * samples`` images).
@@ -190,8 +163,8 @@ def predict_patient(bundle, patient: Patient, *, sampler: str | None = None, ste
     any target, or with none of the model's OARs, is refused by name; so is a non-finite or implausible
     prediction (a broken checkpoint).
     """
-    opts = resolve_options(bundle.kind, _model_name(bundle), sampler=sampler, steps=steps, eta=eta,
-                           samples=samples, tta=tta)
+    opts = resolve_options(bundle.kind, _model_name(bundle), checkpoint_defaults(bundle), sampler=sampler,
+                           steps=steps, eta=eta, samples=samples, tta=tta)
     missing = missing_rois(patient, bundle.data_config)
     pred = PREDICTORS[bundle.kind](bundle, patient, opts, batch=batch, seed=seed, progress=progress)
     pred.missing_rois = missing
@@ -348,7 +321,8 @@ def predict_to_dir(checkpoint: str | Path, input_path: str | Path, out: str | Pa
                    device: str = "auto", progress: bool = True) -> tuple[list[str], list[tuple[str, str]]]:
     """Predict every patient under ``input_path`` and write them into ``out`` — and nowhere else.
 
-    Options left at None take the defaults of the checkpoint's kind of model (:data:`OPTION_DEFAULTS`);
+    Options left at None take the checkpoint's own defaults (:func:`checkpoint_defaults`), else those of its
+    kind of model (:data:`OPTION_DEFAULTS`);
     an option of the other kind is refused before any work. Returns ``(ids written, [(patient directory,
     error), ...])``: a patient that cannot be read or predicted — whatever the exception — or whose id another
     patient of the batch has too, is reported (one warning line) and skipped, the others are written.
@@ -369,8 +343,8 @@ def predict_to_dir(checkpoint: str | Path, input_path: str | Path, out: str | Pa
     from mddose.train.shipped import resolve_checkpoint
     checkpoint = resolve_checkpoint(checkpoint)
     bundle = load_checkpoint(checkpoint)
-    opts = resolve_options(bundle.kind, _model_name(bundle), sampler=sampler, steps=steps, eta=eta,
-                           samples=samples, tta=tta)
+    opts = resolve_options(bundle.kind, _model_name(bundle), checkpoint_defaults(bundle), sampler=sampler,
+                           steps=steps, eta=eta, samples=samples, tta=tta)
     loaded, errors = _load_all(input_path, progress)
     loaded, dup_errors = _refuse_duplicates(loaded)
     errors += dup_errors

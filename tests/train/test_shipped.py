@@ -95,3 +95,36 @@ def test_cli_export(trained, tmp_path, capsys):
     assert main(["export", str(trained), str(tmp_path / "e"), "--card", str(card)]) == 0
     assert (tmp_path / "e" / "MODEL_CARD.md").read_text() == "# Card\n"
     assert main(["export", str(trained), str(tmp_path / "e")]) == 2
+
+
+def test_export_records_the_sampler_defaults_predict_uses(trained, tmp_path, monkeypatch):
+    """`export --steps 3` → `predict` without options samples with 3 steps; a given option still wins."""
+    from mddose import predict as pred_mod
+
+    out = export_for_prediction(trained, tmp_path / "exp", predict={"steps": 3})
+    bundle = load_checkpoint(out)
+    assert json.loads((out / "config.json").read_text())["predict"] == {"steps": 3}
+    seen = []
+    real = pred_mod.PREDICTORS["diffusion"]
+    monkeypatch.setitem(pred_mod.PREDICTORS, "diffusion", lambda b, p, opts, **kw: (seen.append(opts), real(b, p, opts, **kw))[1])
+    p = make_phantom(4, 32)
+    pred_mod.predict_patient(bundle, p)
+    pred_mod.predict_patient(bundle, p, steps=2, sampler="dpmpp2m")
+    assert [(o["sampler"], o["steps"]) for o in seen] == [("ddim", 3), ("dpmpp2m", 2)]
+    assert pred_mod.checkpoint_defaults(load_checkpoint(trained)) == {}        # none recorded: the global ones
+
+
+@pytest.mark.parametrize("predict, match", [
+    ({"steps": 0}, "predict.steps"), ({"sampler": "euler"}, "predict.sampler"), ({"tta": False}, "'predict' must"),
+    ({"steps": "5"}, "predict.steps"), ({"eta": -1.0}, "predict.eta"),
+])
+def test_bad_sampler_defaults_are_refused_before_export(trained, tmp_path, predict, match):
+    with pytest.raises(MddoseError, match=match):
+        export_for_prediction(trained, tmp_path / "exp", predict=predict)
+    assert not (tmp_path / "exp").exists()
+
+
+def test_cli_export_steps(trained, tmp_path):
+    assert main(["export", str(trained), str(tmp_path / "e"), "--steps", "5", "--sampler", "ddim"]) == 0
+    assert json.loads((tmp_path / "e" / "config.json").read_text())["predict"] == {"sampler": "ddim", "steps": 5}
+    assert main(["export", str(trained), str(tmp_path / "f"), "--steps", "0"]) == 2

@@ -11,6 +11,9 @@ def register(sub) -> None:
     p.add_argument("out", help="output directory")
     p.add_argument("--card", metavar="FILE", help="model card (Markdown) stored as MODEL_CARD.md")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.add_argument("--sampler", help="sampler `mddose predict` uses with this checkpoint by default (ddim | ddpm | "
+                   "dpmpp2m)")
+    p.add_argument("--steps", type=int, help="sampler steps `mddose predict` uses with this checkpoint by default")
     p.set_defaults(func=_run)
 
 
@@ -26,6 +29,7 @@ def _run(args) -> int:
             card = Path(args.card).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise MddoseError(f"cannot read the model card ({exc})", args.card) from None
-    out = export_for_prediction(args.checkpoint, args.out, card=card, force=args.force)
+    predict = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps)) if v is not None}
+    out = export_for_prediction(args.checkpoint, args.out, card=card, force=args.force, predict=predict)
     print(f"exported {args.checkpoint} -> {out}")
     return 0

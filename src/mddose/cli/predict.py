@@ -18,8 +18,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--format", default="openkbp", choices=["openkbp", "nifti", "dicom"], help="output format")
     d = p.add_argument_group("2D diffusion models only (md-dose, diffdp, sp-diffdose)")
-    d.add_argument("--sampler", default=None, help="ddpm | ddim | dpmpp2m (default ddim; see BENCHMARKS.md)")
-    d.add_argument("--steps", type=int, default=None, help="sampler steps (default 10; 1000 = the paper's DDPM)")
+    d.add_argument("--sampler", default=None, help="ddpm | ddim | dpmpp2m (default: the checkpoint's, else ddim; see BENCHMARKS.md)")
+    d.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's, else 10; 1000 = the paper's DDPM)")
     d.add_argument("--eta", type=float, default=None, help="DDIM eta (default 0)")
     d.add_argument("--samples", type=int, default=None,
                    help="samples per slice (default 1); >1 also writes an uncertainty map")

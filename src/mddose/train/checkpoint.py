@@ -177,18 +177,25 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, ema: nn.Module
 
 
 def export_for_prediction(src: str | os.PathLike, dst: str | os.PathLike, *, card: str | None = None,
-                          force: bool = False) -> Path:
+                          force: bool = False, predict: dict | None = None) -> Path:
     """A prediction-only copy of checkpoint ``src`` in ``dst``: the EMA weights, ``config.json`` (marked
     ``"export": "prediction"``, with the checksum record of what it holds) and ``MODEL_CARD.md`` (``card``).
 
     About half the size of a checkpoint (no raw weights, no training state) — what mddose ships. ``src`` is
-    checked completely first. An existing ``dst`` is replaced only with ``force``.
+    checked completely first. An existing ``dst`` is replaced only with ``force``. ``predict``: prediction
+    options the checkpoint recommends (e.g. ``{"steps": 5}``), merged over those ``src`` records and used
+    by ``mddose predict`` when the user gives none (:func:`mddose.predict.checkpoint_defaults`).
     """
+    from mddose.train.predict_options import checkpoint_defaults
     from mddose.utils.fs import check_new_output
 
     bundle = load_checkpoint(src)            # every file of src verified, the weights load and are finite
-    dst = check_new_output(dst, force)
     cfg = {k: v for k, v in bundle.meta.items() if k != "files"}
+    if predict:
+        cfg["predict"] = {**checkpoint_defaults(bundle), **predict}
+        bundle.meta = cfg
+        checkpoint_defaults(bundle)          # refuse bad options before anything is written
+    dst = check_new_output(dst, force)
     cfg["export"] = "prediction"
     with atomic_dir(dst, force=True) as tmp:
         _save_tensors(bundle.model.state_dict(), tmp / "ema.safetensors")
