@@ -36,6 +36,18 @@ def test_loads_with_its_checksums_and_the_config_it_was_trained_with(folder):
     assert not any("validation" in s for s in sources), sources          # never trained on the validation set
 
 
+def test_records_the_sampler_it_was_scored_with(folder):
+    """x0-prediction: 5 DDIM steps score as 10 (BENCHMARKS.md); `predict` without options uses them."""
+    from mddose.predict import checkpoint_defaults, resolve_options
+
+    bundle = load_checkpoint(folder)
+    assert checkpoint_defaults(bundle) == {"steps": 5}
+    opts = resolve_options(bundle.kind, "md-dose", checkpoint_defaults(bundle))
+    assert (opts["sampler"], opts["steps"]) == ("ddim", 5)
+    card = (folder / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "DDIM 5 steps" in card
+
+
 def test_model_card_says_what_a_user_must_know(folder):
     card = (folder / "MODEL_CARD.md").read_text(encoding="utf-8")
     for needle in ("train-pats", "extra-train-pats", "mddose train --config openkbp-cpu", "Dose score",

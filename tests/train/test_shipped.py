@@ -124,7 +124,9 @@ def test_bad_sampler_defaults_are_refused_before_export(trained, tmp_path, predi
     assert not (tmp_path / "exp").exists()
 
 
-def test_cli_export_steps(trained, tmp_path):
+def test_cli_export_steps(trained, tmp_path, monkeypatch):
     assert main(["export", str(trained), str(tmp_path / "e"), "--steps", "5", "--sampler", "ddim"]) == 0
     assert json.loads((tmp_path / "e" / "config.json").read_text())["predict"] == {"sampler": "ddim", "steps": 5}
+    monkeypatch.setattr(shipped, "SHIPPED_ROOT", tmp_path)
+    assert [r["predict"] for r in shipped.shipped_summary() if r["name"] == "e"] == [{"sampler": "ddim", "steps": 5}]
     assert main(["export", str(trained), str(tmp_path / "f"), "--steps", "0"]) == 2

@@ -42,7 +42,8 @@ def resolve_checkpoint(arg: str | os.PathLike, root: Path | None = None) -> Path
 
 
 def shipped_summary(root: Path | None = None) -> list[dict]:
-    """One dict per shipped checkpoint: name, model, preset, kind, step, path, the model card's title."""
+    """One dict per shipped checkpoint: name, model, preset, kind, step, its sampler defaults (``predict``), path,
+    the model card's title."""
     import json
 
     out = []
@@ -55,5 +56,5 @@ def shipped_summary(root: Path | None = None) -> list[dict]:
         title = card.read_text(encoding="utf-8").splitlines()[0].lstrip("# ").strip() if card.is_file() else ""
         out.append({"name": name, "model": (cfg.get("model") or {}).get("model"),
                     "preset": (cfg.get("train_config") or {}).get("preset"), "kind": cfg.get("kind"),
-                    "step": cfg.get("step"), "path": str(d), "card": title})
+                    "step": cfg.get("step"), "predict": cfg.get("predict") or {}, "path": str(d), "card": title})
     return out
