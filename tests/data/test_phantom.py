@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from mddose.data.patient import Patient
-from mddose.data.phantom import PHANTOM_OARS, PHANTOM_PRESCRIPTION, hu_to_red, make_phantom, write_phantoms
+from mddose.data.phantom import (N_BEAMS, PHANTOM_OARS, PHANTOM_PRESCRIPTION, hu_to_red,
+                                 make_phantom, write_phantoms)
 from mddose.errors import MddoseError
 
 SEEDS = list(range(8))
@@ -102,6 +103,20 @@ def test_dose_model(phantoms, seed):
     near = m["Body"] & (dist > 0) & (dist <= 10)
     far = m["Body"] & (dist > 50)
     assert d[near].mean() > 2 * d[far].mean()
+
+
+def test_plan_is_a_function_of_the_anatomy(phantoms):
+    """Every plan uses the same fixed equispaced beams (nothing random a model cannot see); their weights
+    follow the anatomy: beams that would hit the OARs carry less dose."""
+    fixed = [i * 360.0 / N_BEAMS for i in range(N_BEAMS)]
+    weights = []
+    for p in phantoms.values():
+        assert p.meta["beams_deg"] == pytest.approx(fixed)
+        assert sum(p.meta["beam_weights"]) == pytest.approx(1.0)
+        weights.append(p.meta["beam_weights"])
+    weights = np.asarray(weights)
+    assert (weights.max(axis=1) > 1.5 * weights.min(axis=1)).all()    # not uniform: sparing beams favoured
+    assert weights.std(axis=0).max() > 0.02                             # and different per anatomy
 
 
 def test_ptv_varies_across_seeds(phantoms):

@@ -149,6 +149,28 @@ def test_dvh_figure_curves_and_styles(patient, tmp_path):
     assert len(colours) == len(patient.masks)
 
 
+def test_dvh_figure_eight_methods_stay_distinguishable(patient):
+    """The paper-cpu study draws 8 methods: no two may share a line style (dash pattern + marker)."""
+    styles = [F.method_style(j) for j in range(8)]
+    assert len({(repr(st["ls"]), st.get("marker")) for st in styles}) == 8
+    preds = {f"M{j}": make_prediction(patient, shift=j) for j in range(8)}
+    fig = F.dvh_figure(patient.dose, preds, {"PTV": patient.masks["PTV"]}, n_bins=60)
+    lines = {ln.get_gid(): ln for ln in fig.axes[0].lines}
+    legend = {h.get_label(): h for h in fig.axes[0].get_legend().legend_handles}
+    for j, st in enumerate(styles):
+        assert lines[f"M{j}|PTV"].get_marker() == st.get("marker", "None")
+        assert legend[f"M{j}"].get_marker() == st.get("marker", "None")   # the legend shows what is drawn
+
+
+@pytest.mark.parametrize("j, ok", [(0, True), (34, True), (35, False), (-1, False)])
+def test_method_style_limits(j, ok):
+    if ok:
+        assert "ls" in F.method_style(j)
+    else:
+        with pytest.raises(MddoseError, match="methods per DVH figure"):
+            F.method_style(j)
+
+
 def test_dvh_figure_accepts_single_array_and_rejects_empty_masks(patient):
     fig = F.dvh_figure(patient.dose, make_prediction(patient), {"PTV": patient.masks["PTV"]})
     assert {ln.get_gid() for ln in fig.axes[0].lines} == {"gt|PTV", "Prediction|PTV"}

@@ -10,16 +10,19 @@ size 128 → 3 × 3 × 2.5 mm):
   (35), oesophagus with an air lumen, sternum and ribs (bone), plus Gaussian noise. A tumour
   (soft tissue) sits in the right lung, left lung or mediastinum; its PTV is a lobulated, randomly
   rotated ellipsoid of random size grown by a 7 mm margin.
-* **Dose**: 12 equispaced candidate coplanar beams (random start angle); each one's aperture is the
-  PTV's beam's-eye-view projection (per slice along the beam) plus a 5 mm margin with a 3.5 mm Gaussian
-  penumbra; its primary falls off as ``exp(-mu * radiological depth)`` (depth = cumulative relative
-  electron density along the ray, computed in a frame rotated so the beam runs along +y) with a 5 mm
-  build-up and the inverse-square law, and a per-ray compensator flattens the beam's mean primary over
-  the PTV (first-order intensity modulation). Each beam is scored by its spinal-cord maximum, heart
-  mean and contralateral-lung mean per unit PTV dose; 5–7 beams are drawn, favouring low scores
-  (``p ∝ exp(-score / 0.4)``), and weighted ``∝ 1 / (0.6 + score)``. A 15 mm Gaussian scatter component
-  (12 %) is added, the dose is zeroed outside the body and scaled so that D95(PTV) = 60 Gy
-  (``np.percentile(dose[PTV], 5)``, OpenKBP's definition).
+* **Dose**: 9 coplanar beams every 40° from 0° (a fixed class solution, like OpenKBP's 9 equispaced
+  fields); each one's aperture is the PTV's beam's-eye-view projection (per slice along the beam) plus
+  a 5 mm margin with a 3.5 mm Gaussian penumbra; its primary falls off as
+  ``exp(-mu * radiological depth)`` (depth = cumulative relative electron density along the ray,
+  computed in a frame rotated so the beam runs along +y) with a 5 mm build-up and the inverse-square
+  law, and a per-ray compensator flattens the beam's mean primary over the PTV (first-order intensity
+  modulation). Each beam is scored by its spinal-cord maximum, heart mean and contralateral-lung mean
+  per unit PTV dose and weighted ``∝ 1 / (0.6 + score)`` (sparing beams carry more of the dose). The
+  plan is a function of the anatomy alone, as a planning protocol's is, so the dose is learnable from
+  what a model sees: beam angles drawn at random (as before 2026-12-02) add an error no model can
+  remove (2–3 Gy of body MAE between two random plans of one anatomy at size 64). A 15 mm Gaussian
+  scatter component (12 %) is added, the dose is zeroed outside the body and scaled so that
+  D95(PTV) = 60 Gy (``np.percentile(dose[PTV], 5)``, OpenKBP's definition).
 
 ROIs: ``"PTV"`` (prescription 60 Gy, ``patient.prescriptions == {"PTV": 60.0}``) and OARs
 ``"Body"``, ``"LungL"``, ``"LungR"``, ``"Heart"``, ``"SpinalCord"``, ``"Esophagus"``;
@@ -51,7 +54,8 @@ MU_WATER = 0.0050
 PTV_MARGIN_MM = 7.0
 APERTURE_MARGIN_MM = 5.0
 PENUMBRA_SIGMA_MM = 3.5
-N_CANDIDATE_BEAMS = 12
+#: Beams of every plan, equispaced from gantry angle 0°.
+N_BEAMS = 9
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -255,17 +259,19 @@ def _beam_dose(density: np.ndarray, ptv: np.ndarray, angle: float, spacing) -> n
     return np.clip(rot(dose_r.astype(np.float32), -angle), 0.0, None)
 
 
-def _plan(ct: np.ndarray, masks: dict[str, np.ndarray], ptv: np.ndarray, spacing, rng: np.random.Generator,
-          site: str) -> tuple[np.ndarray, dict]:
-    """Choose and weight beams, add scatter, normalise to D95(PTV) = prescription: (dose (Z,Y,X), info)."""
+def _plan(ct: np.ndarray, masks: dict[str, np.ndarray], ptv: np.ndarray, spacing, site: str
+          ) -> tuple[np.ndarray, dict]:
+    """Choose and weight beams, add scatter, normalise to D95(PTV) = prescription: (dose (Z,Y,X), info).
+
+    Deterministic: the same anatomy always gets the same plan (see the module docstring).
+    """
     density = hu_to_red(ct)
     density[~masks["Body"]] = 0.0
     zs = np.nonzero(ptv.any(axis=(1, 2)))[0]
     pad = int(math.ceil((APERTURE_MARGIN_MM + 3 * PENUMBRA_SIGMA_MM) / spacing[0]))
     z0, z1 = max(int(zs[0]) - pad, 0), min(int(zs[-1]) + pad + 1, ct.shape[0])
     sl = slice(z0, z1)
-    offset = rng.uniform(0.0, 360.0 / N_CANDIDATE_BEAMS)
-    angles = offset + np.arange(N_CANDIDATE_BEAMS) * 360.0 / N_CANDIDATE_BEAMS
+    angles = np.arange(N_BEAMS) * 360.0 / N_BEAMS
     contra = {"LungR": "LungL", "LungL": "LungR"}.get(site)
     beams, scores = [], []
     for ang in angles:
@@ -276,13 +282,9 @@ def _plan(ct: np.ndarray, masks: dict[str, np.ndarray], ptv: np.ndarray, spacing
                  + (0.5 * float(d[masks[contra][sl]].mean()) / p if contra and masks[contra][sl].any() else 0.0))
         beams.append(d / p)
         scores.append(score)
-    n_keep = int(rng.integers(5, 8))
-    # mostly the sparing beams, occasionally a worse one (plan variety), never all 12
-    pr = np.exp(-(np.asarray(scores) - min(scores)) / 0.4)
-    order = np.sort(rng.choice(len(angles), size=n_keep, replace=False, p=pr / pr.sum()))
-    weights = 1.0 / (0.6 + np.asarray(scores)[order])
+    weights = 1.0 / (0.6 + np.asarray(scores))
     weights /= weights.sum()
-    slab = sum(w * beams[i] for w, i in zip(weights, order))
+    slab = sum(w * b for w, b in zip(weights, beams))
     dose = np.zeros(ct.shape, dtype=np.float32)
     dose[sl] = slab
     sigma = tuple(15.0 / s for s in spacing)
@@ -290,8 +292,7 @@ def _plan(ct: np.ndarray, masks: dict[str, np.ndarray], ptv: np.ndarray, spacing
     dose[~masks["Body"]] = 0.0
     d95 = float(np.percentile(dose[ptv], 5))
     dose *= PHANTOM_PRESCRIPTION / d95
-    info = {"beams_deg": [float(angles[i]) for i in sorted(order)],
-            "beam_weights": [float(weights[list(order).index(i)]) for i in sorted(order)]}
+    info = {"beams_deg": [float(a) for a in angles], "beam_weights": [float(w) for w in weights]}
     return dose.astype(np.float32), info
 
 
@@ -316,7 +317,7 @@ def make_phantom(seed: int, size: int = 64) -> Patient:
     for name in ("LungL", "LungR"):
         masks[name] &= ~gtv
     ct[gtv] = 35.0
-    dose, pinfo = _plan(ct, masks, ptv, g.spacing, rng, tinfo["site"])
+    dose, pinfo = _plan(ct, masks, ptv, g.spacing, tinfo["site"])
     # noise (more texture in lungs), slight partial-volume blur; air stays near −1000
     noise = rng.standard_normal(g.shape, dtype=np.float32)
     lung = masks["LungL"] | masks["LungR"]

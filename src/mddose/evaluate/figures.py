@@ -42,6 +42,25 @@ DOSE_THRESHOLD = 0.03
 ERROR_PERCENTILE = 99.0
 #: Line styles of predicted DVH curves, one per method (ground truth is solid).
 METHOD_STYLES = ("--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
+#: markers added to the line styles from the sixth method on, so that every method stays distinguishable
+METHOD_MARKERS = ("o", "s", "^", "v", "D", "x")
+
+
+def method_style(j: int, n_points: int = 400) -> dict:
+    """Matplotlib line keywords of the ``j``-th predicted method (0-based): a dash pattern for the first
+    five, then the same patterns with a marker (every ``n_points // 10`` points) — 35 distinct styles.
+
+    Raises:
+        MddoseError: more methods than distinct styles.
+    """
+    n_styles, n_markers = len(METHOD_STYLES), len(METHOD_MARKERS)
+    if not 0 <= j < n_styles * (n_markers + 1):
+        raise MddoseError(f"method style {j}: at most {n_styles * (n_markers + 1)} methods per DVH figure")
+    style = {"ls": METHOD_STYLES[j % n_styles]}
+    if j >= n_styles:
+        style.update(marker=METHOD_MARKERS[j // n_styles - 1], markevery=max(n_points // 10, 1),
+                     markersize=3.5)
+    return style
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -276,12 +295,12 @@ def dvh_figure(reference: np.ndarray, predictions: Mapping[str, np.ndarray] | np
         line.set_gid(f"gt|{name}")
         for j, (method, p) in enumerate(preds.items()):
             pl, = ax.plot(bins, 100 * cumulative_dvh(p[m], bins), color=colour, lw=1.4,
-                          ls=METHOD_STYLES[j % len(METHOD_STYLES)])
+                          **method_style(j, n_bins))
             pl.set_gid(f"{method}|{name}")
         label = name if voxel_volume is None else f"{name} ({m.sum() * voxel_volume:.1f} cc)"
         roi_handles.append(Line2D([], [], color=colour, lw=2, label=label))
     style_handles = [Line2D([], [], color="black", ls="-", label="Ground truth")] + [
-        Line2D([], [], color="black", ls=METHOD_STYLES[j % len(METHOD_STYLES)], label=m)
+        Line2D([], [], color="black", label=m, **{k: v for k, v in method_style(j, n_bins).items() if k != "markevery"})
         for j, m in enumerate(preds)]
     ax.set_xlim(0, float(max_dose))
     ax.set_ylim(0, 102)
