@@ -1,4 +1,4 @@
-"""ε-, v- and x0-prediction; Min-SNR-γ loss weights; pixel-weighted loss.
+"""ε-, v- and x0-prediction; Min-SNR-γ loss weights; pixel-weighted loss; L1 loss.
 
 The oracle networks are the analytic optimal denoiser of a Gaussian target (see test_samplers.py) written in
 each parameterisation: the samplers must turn all three into the same x̂0, so their samples agree. The loss
@@ -179,6 +179,30 @@ def test_pixel_weighted_loss_is_normalised_by_the_weight_sum(weighting):
     assert zero.item() == 0.0
 
 
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_l1_loss_is_the_mean_absolute_error_of_the_target(prediction):
+    d = GaussianDiffusion(prediction=prediction, loss_type="l1")
+    x0, mask, t, noise = _batch(7)
+    cond = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(8))
+    xm = d.to_model(x0)
+    err = (_net(d.q_sample(xm, t, noise), t, cond) - d.target(xm, t, noise)).abs()
+    torch.testing.assert_close(d.loss(_net, x0, cond, t=t, noise=noise), err.mean(), rtol=1e-6, atol=0)
+    w = torch.where(mask > 0, 1.0, 0.1)
+    torch.testing.assert_close(d.loss(_net, x0, cond, t=t, noise=noise, weight=w), (w * err).sum() / w.sum(),
+                               rtol=1e-5, atol=0)
+    mse = GaussianDiffusion(prediction=prediction).loss(_net, x0, cond, t=t, noise=noise)
+    torch.testing.assert_close(mse, (err ** 2).mean(), rtol=1e-5, atol=0)   # same error, other norm
+
+
+def test_l1_gradient_is_the_sign_of_the_error():
+    """∂L1/∂out = sign(out − target) / N: each pixel pulls toward the median, whatever the error's size."""
+    d = GaussianDiffusion(prediction="x0", loss_type="l1")
+    x0, _, t, noise = _batch(9)
+    out = torch.zeros(3, 1, 8, 8, requires_grad=True)
+    d.loss(lambda xt, tt, c: out, x0, torch.zeros(3, 1, 8, 8), t=t, noise=noise).backward()
+    torch.testing.assert_close(out.grad, torch.sign(out.detach() - d.to_model(x0)) / out.numel())
+
+
 def test_weight_of_the_wrong_shape_is_refused():
     x0, _, t, noise = _batch()
     with pytest.raises(MddoseError, match=r"weight of shape \(3, 1, 4, 4\) does not fit the dose \(3, 1, 8, 8\)"):
@@ -190,7 +214,10 @@ def test_weight_of_the_wrong_shape_is_refused():
                                           ({"loss_weighting": "snr"}, "loss_weighting must be one of uniform, min_snr"),
                                           ({"min_snr_gamma": 0}, "min_snr_gamma must be a number > 0"),
                                           ({"min_snr_gamma": True}, "min_snr_gamma must be a number > 0"),
-                                          ({"min_snr_gamma": float("nan")}, "min_snr_gamma must be a number > 0")])
+                                          ({"min_snr_gamma": float("nan")}, "min_snr_gamma must be a number > 0"),
+                                          ({"loss_type": "huber"}, "loss_type must be one of mse, l1"),
+                                          ({"loss_type": "l1", "loss_weighting": "min_snr"},
+                                           "'l1' takes loss_weighting 'uniform' only")])
 def test_bad_settings_are_one_line_errors(kwargs, match):
     with pytest.raises(MddoseError, match=match) as e:
         GaussianDiffusion(**kwargs)
@@ -203,5 +230,8 @@ def test_to_dict_keeps_the_default_entry_and_round_trips_the_new_settings():
     d = GaussianDiffusion(prediction="x0", loss_weighting="min_snr", min_snr_gamma=3.0)
     back = GaussianDiffusion.from_dict(d.to_dict())
     assert (back.prediction, back.loss_weighting, back.min_snr_gamma) == ("x0", "min_snr", 3.0)
+    l1 = GaussianDiffusion(prediction="x0", loss_type="l1").to_dict()
+    assert l1["loss_type"] == "l1" and GaussianDiffusion.from_dict(l1).loss_type == "l1"
+    assert "loss_type" not in GaussianDiffusion(prediction="x0").to_dict()   # default: the entry as before
     with pytest.raises(MddoseError, match="ckpt: diffusion: loss_weighting must be"):
         GaussianDiffusion.from_dict({"loss_weighting": "p2"}, "ckpt")

@@ -102,6 +102,7 @@ def test_defaults_are_the_behaviour_before_the_levers():
     assert (cfg.warmup_steps, cfg.val_samples) == (0, 1)
     diff = cfg.diffusion
     assert (diff.prediction, diff.loss_weighting, diff.min_snr_gamma, diff.mask_weight) == ("eps", "uniform", 5.0, None)
+    assert diff.loss_type == "mse"
     assert diff.make_diffusion().to_dict() == {"num_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
                                                "schedule": "linear", "prediction": "eps"}   # checkpoint entry as before
 
@@ -118,6 +119,8 @@ def test_defaults_are_the_behaviour_before_the_levers():
     ({"diffusion": {"mask_weight": -0.5}}, r"diffusion.mask_weight must be >= 0 \(null: no mask weighting\)"),
     ({"diffusion": {"mask_weight": True}}, "diffusion.mask_weight must be a number"),
     ({"diffusion": {"mask_wieght": 0.1}}, "mask_wieght"),
+    ({"diffusion": {"loss_type": "l2"}}, "loss_type must be one of mse, l1"),
+    ({"diffusion": {"loss_type": 1}}, "diffusion.loss_type must be a string"),
 ])
 def test_bad_lever_values_are_one_line_errors_naming_the_key(bad, match):
     with pytest.raises(MddoseError, match=match) as e:
@@ -205,6 +208,16 @@ def test_trainer_runs_every_lever_together(tmp_path, prediction):
     assert meta["train_config"]["diffusion"]["mask_weight"] == 0.1 and meta["train_config"]["warmup_steps"] == 2
     from mddose.train.checkpoint import load_checkpoint
     assert load_checkpoint(tmp_path / "last").diffusion.prediction == prediction
+
+
+def test_trainer_with_l1_loss_records_it_in_the_checkpoint(tmp_path):
+    cfg = tiny_config(epochs=1, diffusion=DiffusionConfig(prediction="x0", loss_type="l1", mask_weight=0.1))
+    tr = Trainer(cfg, tiny_model(), MaskedDataset(n=8), tmp_path, progress=False)
+    tr.fit()
+    meta = json.loads((tmp_path / "last" / "config.json").read_text())
+    assert meta["diffusion"]["loss_type"] == "l1" and meta["train_config"]["diffusion"]["loss_type"] == "l1"
+    from mddose.train.checkpoint import load_checkpoint
+    assert load_checkpoint(tmp_path / "last").diffusion.loss_type == "l1"
 
 
 # ---------------------------------------------------------------------------- samples at validation

@@ -29,6 +29,12 @@ timestep t, written on x0, is weighted by min(SNR_t, γ). Since ‖ε − ε̂�
 as in the authors' code (``guided_diffusion/gaussian_diffusion.py`` of TiankaiHang/Min-SNR-Diffusion-Training,
 ``min_snr_k`` for ε and x0, ``vmin_snr_k`` for v); they recommend γ = 5 (``min_snr_gamma``).
 
+Loss norm (``loss_type``, opt-in): ``"mse"`` (default, Ho et al.) or ``"l1"`` — the mean absolute error of the
+target, as the OpenKBP baselines (C3D, HD-UNet) train and as the dose score measures. With x0-prediction the
+MSE's optimum at high noise is the conditional *mean* dose, the L1's the conditional *median*, which keeps the
+steps between dose levels sharper. Min-SNR-γ weights are derived for squared errors, so ``"l1"`` takes the
+uniform weighting only.
+
 A spatial weight (``loss(..., weight=...)``, (B, 1, H, W)) turns the mean into a weighted mean normalised by
 the weight sum: ``Σ λ_t w (out − target)² / Σ w`` (the trainer builds it from the possible-dose mask,
 ``diffusion.mask_weight``).
@@ -65,9 +71,10 @@ def make_betas(num_timesteps: int, beta_start: float, beta_end: float, schedule:
 
 PREDICTIONS = ("eps", "v", "x0")
 LOSS_WEIGHTINGS = ("uniform", "min_snr")
+LOSS_TYPES = ("mse", "l1")
 #: the keys of :meth:`GaussianDiffusion.to_dict` / :meth:`GaussianDiffusion.from_dict`
 DIFFUSION_KEYS = ("num_timesteps", "beta_start", "beta_end", "schedule", "prediction", "loss_weighting",
-                  "min_snr_gamma")
+                  "min_snr_gamma", "loss_type")
 
 
 class GaussianDiffusion:
@@ -80,7 +87,8 @@ class GaussianDiffusion:
     :meth:`split_output`, so they never know which parameterisation drives them.
 
     ``loss_weighting`` (``"uniform"`` | ``"min_snr"``) and ``min_snr_gamma`` (γ > 0, ``inf`` allowed) weight
-    the training loss per timestep (see the module docstring); they do not change sampling.
+    the training loss per timestep (see the module docstring); ``loss_type`` (``"mse"`` | ``"l1"``) is the norm of
+    the error; neither changes sampling.
 
     Attributes (float64 CPU tensors, shape (T,)): ``betas``, ``alphas``, ``alphas_cumprod``
     (ᾱ_t), ``sqrt_alphas_cumprod``, ``sqrt_one_minus_alphas_cumprod``.
@@ -88,7 +96,7 @@ class GaussianDiffusion:
 
     def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
                  schedule: str = "linear", prediction: str = "eps", loss_weighting: str = "uniform",
-                 min_snr_gamma: float = 5.0):
+                 min_snr_gamma: float = 5.0, loss_type: str = "mse"):
         if prediction not in PREDICTIONS:
             raise MddoseError(f"diffusion: prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
         if loss_weighting not in LOSS_WEIGHTINGS:
@@ -96,7 +104,13 @@ class GaussianDiffusion:
                               f"got {loss_weighting!r}")
         if isinstance(min_snr_gamma, bool) or not isinstance(min_snr_gamma, (int, float)) or not min_snr_gamma > 0:
             raise MddoseError(f"diffusion: min_snr_gamma must be a number > 0, got {min_snr_gamma!r}")
+        if loss_type not in LOSS_TYPES:
+            raise MddoseError(f"diffusion: loss_type must be one of {', '.join(LOSS_TYPES)}, got {loss_type!r}")
+        if loss_type == "l1" and loss_weighting != "uniform":
+            raise MddoseError("diffusion: loss_type 'l1' takes loss_weighting 'uniform' only (Min-SNR-γ weights "
+                              "are derived for squared errors)")
         self.prediction, self.loss_weighting, self.min_snr_gamma = prediction, loss_weighting, float(min_snr_gamma)
+        self.loss_type = loss_type
         if int(num_timesteps) < 1:
             raise MddoseError(f"diffusion: num_timesteps must be >= 1, got {num_timesteps}")
         if not (0 < beta_start <= beta_end < 1):
@@ -112,12 +126,14 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------ config / units
     def to_dict(self) -> dict[str, Any]:
-        """The constructor's arguments as JSON; the loss weighting only when it is not the default ``"uniform"``
-        (so that the checkpoints of default runs keep the same ``diffusion`` entry as before it existed)."""
+        """The constructor's arguments as JSON; the loss weighting and the loss type only when they are not the
+        defaults (so that the checkpoints of default runs keep the same ``diffusion`` entry as before they existed)."""
         d = {"num_timesteps": self.num_timesteps, "beta_start": self.beta_start,
              "beta_end": self.beta_end, "schedule": self.schedule, "prediction": self.prediction}
         if self.loss_weighting != "uniform":
             d.update(loss_weighting=self.loss_weighting, min_snr_gamma=self.min_snr_gamma)
+        if self.loss_type != "mse":
+            d["loss_type"] = self.loss_type
         return d
 
     @classmethod
@@ -205,8 +221,9 @@ class GaussianDiffusion:
 
     def loss(self, model: nn.Module | Network, x0: Tensor, cond: Tensor, generator: torch.Generator | None = None,
              *, t: Tensor | None = None, noise: Tensor | None = None, weight: Tensor | None = None) -> Tensor:
-        """Scalar MSE between the target (ε, v or x0) and ``model(x_t, t, cond)`` (Ho et al.'s simple loss),
-        weighted per timestep by :meth:`loss_weights` and per pixel by ``weight``.
+        """Scalar MSE (``loss_type="l1"``: mean absolute error) between the target (ε, v or x0) and
+        ``model(x_t, t, cond)`` (Ho et al.'s simple loss), weighted per timestep by :meth:`loss_weights` and per
+        pixel by ``weight``.
 
         Args:
             x0: (B, 1, H, W) target in data units (dose / reference dose, [0, ~1]).
@@ -214,8 +231,9 @@ class GaussianDiffusion:
             generator: draws ``t`` and ``noise`` when they are not given.
             t: (B,) long timesteps; noise: (B, 1, H, W) standard normal (model space).
             weight: optional (B, 1, H, W) non-negative pixel weights (anything broadcastable to ``x0``); the loss is
-                then ``Σ λ_t·weight·(out − target)² / Σ weight`` (0 when every weight is 0). Without it and with
-                ``loss_weighting="uniform"`` the loss is exactly ``F.mse_loss`` (the default, unchanged).
+                then ``Σ λ_t·weight·(out − target)² / Σ weight`` (0 when every weight is 0; ``|out − target|``
+                for L1). Without it and with ``loss_weighting="uniform"`` the loss is exactly ``F.mse_loss``
+                (the default, unchanged) or ``F.l1_loss``.
         """
         xm = self.to_model(x0)
         if t is None:
@@ -229,9 +247,11 @@ class GaussianDiffusion:
         x_t = self.q_sample(xm, t, noise)
         pred = model(x_t, t, cond)
         target = self.target(xm, t, noise)
+        l1 = self.loss_type == "l1"
         if weight is None and self.loss_weighting == "uniform":
-            return F.mse_loss(pred.float(), target.float())
-        err = (pred.float() - target.float()) ** 2
+            return (F.l1_loss if l1 else F.mse_loss)(pred.float(), target.float())
+        diff = pred.float() - target.float()
+        err = diff.abs() if l1 else diff ** 2
         lam = self.loss_weights(t).to(device=err.device, dtype=err.dtype).view(-1, *([1] * (err.ndim - 1)))
         if weight is None:
             return (lam * err).mean()

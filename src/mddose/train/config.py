@@ -20,6 +20,8 @@ Opt-in training levers (defaults = the behaviour before they existed; every one 
 * ``"diffusion": {"prediction": "eps" | "v" | "x0"}`` — what the denoiser outputs (ε: the paper).
 * ``"diffusion": {"loss_weighting": "uniform" | "min_snr", "min_snr_gamma": 5.0}`` — per-timestep loss weight,
   Min-SNR-γ (Hang et al. 2023; formulas in :mod:`mddose.diffusion.schedule`).
+* ``"diffusion": {"loss_type": "mse" | "l1"}`` — norm of the loss (L1: mean absolute error, what the dose score
+  measures and the OpenKBP baselines train with).
 * ``"diffusion": {"mask_weight": w}`` — pixels outside the possible-dose mask weigh ``w`` in the loss (inside: 1),
   normalised by the weight sum; ``null`` (default) = every pixel alike. Needs the slices' ``"mask"`` item.
 * ``"warmup_steps": N`` — linear learning-rate warm-up over the first N optimizer steps, on top of the schedule.
@@ -108,7 +110,8 @@ class DiffusionConfig:
 
     ``prediction``: ``"eps"`` (the paper), ``"v"`` or ``"x0"``. ``loss_weighting``: ``"uniform"`` (Ho et al.'s
     simple loss) or ``"min_snr"`` (Min-SNR-γ with γ = ``min_snr_gamma``). ``mask_weight``: ``None`` (every pixel
-    alike) or the loss weight of pixels outside the possible-dose mask (inside: 1), e.g. 0 or 0.1.
+    alike) or the loss weight of pixels outside the possible-dose mask (inside: 1), e.g. 0 or 0.1. ``loss_type``:
+    ``"mse"`` (Ho et al.) or ``"l1"``.
     """
 
     num_timesteps: int = 1000
@@ -119,6 +122,7 @@ class DiffusionConfig:
     loss_weighting: str = "uniform"  # "uniform" or "min_snr"
     min_snr_gamma: float = 5.0       # γ of min_snr
     mask_weight: float | None = None  # loss weight outside the possible-dose mask; None = no mask weighting
+    loss_type: str = "mse"           # "mse" or "l1"
 
     def make_diffusion(self):
         """The :class:`~mddose.diffusion.GaussianDiffusion` of these settings (``mask_weight`` is the objective's:
@@ -228,7 +232,7 @@ class TrainConfig:
         _need_int("diffusion.num_timesteps", diff.num_timesteps, 1, where)
         for k in ("beta_start", "beta_end"):
             _need_number(f"diffusion.{k}", getattr(diff, k), where, above=0, below=1)
-        for k in ("schedule", "prediction", "loss_weighting"):
+        for k in ("schedule", "prediction", "loss_weighting", "loss_type"):
             if not isinstance(getattr(diff, k), str):
                 raise MddoseError(f"{where}: diffusion.{k} must be a string, got {getattr(diff, k)!r}")
         _need_number("diffusion.min_snr_gamma", diff.min_snr_gamma, where, above=0)
