@@ -177,6 +177,36 @@ def test_out_holding_another_study_is_refused(finished, tmp_path, capsys):
     assert rc == 2 and "holds a study of another config (unit)" in err
 
 
+def _saved(tmp_path: Path, d: dict) -> Path:
+    """A study directory whose saved config is ``d`` (nothing run)."""
+    from mddose.study.runner import check_out_dir
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "study_config.json").write_text(json.dumps(study_from_dict(d).to_dict()))
+    check_out_dir(study_from_dict(d), out, resume=False)     # the same config is always accepted
+    return out
+
+
+def test_resume_may_add_methods_but_not_change_the_saved_ones(tmp_path):
+    from mddose.study.runner import check_out_dir
+
+    base = _study()
+    out = _saved(tmp_path, {**base, "methods": base["methods"][:1]})
+    grown = study_from_dict(base)                                   # MD-Dose unchanged, C3D added
+    check_out_dir(grown, out, resume=True)
+    with pytest.raises(MddoseError, match="fewer methods; use --resume to add the new ones"):
+        check_out_dir(grown, out, resume=False)
+    changed = json.loads(json.dumps(base))
+    changed["methods"][0]["train"]["batch_size"] = 8                 # a saved method changed: another study
+    with pytest.raises(MddoseError, match="holds a study of another config"):
+        check_out_dir(study_from_dict(changed), out, resume=True)
+    dropped = {**base, "methods": base["methods"][1:]}               # a saved method missing: another study
+    dropped["reference"] = "C3D"
+    with pytest.raises(MddoseError, match="holds a study of another config"):
+        check_out_dir(study_from_dict(dropped), out, resume=True)
+
+
 def test_unknown_only_method_is_refused(tmp_path, capsys):
     rc = main(["study", "--config", str(_write(tmp_path, _study())), "--out", str(tmp_path / "o"), "--only", "X"])
     assert rc == 2 and "no method named 'X'" in capsys.readouterr().err

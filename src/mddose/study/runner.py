@@ -156,19 +156,31 @@ STAGE_FUNCTIONS = {"train": stage_train, "predict": stage_predict, "evaluate": s
 
 # ------------------------------------------------------------------------------------------ the study
 def check_out_dir(cfg: StudyConfig, out: Path, resume: bool) -> None:
-    """``out`` is empty, or holds this very study; another study there is refused (even with --resume)."""
+    """``out`` is empty, or holds this very study; another study there is refused (even with --resume).
+
+    With ``resume`` the config may add methods to the saved study (every saved method unchanged, same data):
+    the finished ones are kept and the new ones run.
+    """
     saved = out / "study_config.json"
     if saved.is_file():
-        old = read_json(saved)
-        if old.get("name") != cfg.name or old.get("methods") != cfg.to_dict()["methods"] \
-                or old.get("data") != cfg.to_dict()["data"]:
+        old, new = read_json(saved), cfg.to_dict()
+        if old.get("name") != cfg.name or old.get("data") != new["data"] or not _keeps_methods(old, new):
             raise MddoseError(f"holds a study of another config ({old.get('name', '?')}); choose another --out",
                               out)
+        if old.get("methods") != new["methods"] and not resume:
+            raise MddoseError("holds this study with fewer methods; use --resume to add the new ones, or choose "
+                              "another --out", out)
         if old.get("budget") != cfg.to_dict()["budget"] and not resume:
             raise MddoseError("holds this study with another budget; use --resume to continue it with the new "
                               "budget, or choose another --out", out)
     elif out.exists() and any(out.iterdir()):
         raise MddoseError("exists, is not empty and holds no study (choose another --out)", out)
+
+
+def _keeps_methods(old: dict, new: dict) -> bool:
+    """Every method of the saved config ``old`` is in ``new``, unchanged (``new`` may add methods)."""
+    new_methods = {m.get("name"): m for m in new.get("methods", [])}
+    return all(new_methods.get(m.get("name")) == m for m in old.get("methods") or [])
 
 
 def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = False, only: list[str] | None = None,
