@@ -31,9 +31,10 @@ as in the authors' code (``guided_diffusion/gaussian_diffusion.py`` of TiankaiHa
 
 Loss norm (``loss_type``, opt-in): ``"mse"`` (default, Ho et al.) or ``"l1"`` — the mean absolute error of the
 target, as the OpenKBP baselines (C3D, HD-UNet) train and as the dose score measures. With x0-prediction the
-MSE's optimum at high noise is the conditional *mean* dose, the L1's the conditional *median*, which keeps the
-steps between dose levels sharper. Min-SNR-γ weights are derived for squared errors, so ``"l1"`` takes the
-uniform weighting only.
+MSE's optimum at high noise is the conditional *mean* dose, the L1's the conditional *median*, which might keep
+the steps between dose levels sharper — but at a short CPU budget it learned significantly worse (BENCHMARKS.md,
+``levers-x0-cpu``), so it stays off by default. Min-SNR-γ weights are derived for squared errors, so ``"l1"``
+takes the uniform weighting only.
 
 A spatial weight (``loss(..., weight=...)``, (B, 1, H, W)) turns the mean into a weighted mean normalised by
 the weight sum: ``Σ λ_t w (out − target)² / Σ w`` (the trainer builds it from the possible-dose mask,
