@@ -10,6 +10,7 @@ plus sampling error) — a wrong coefficient anywhere moves either by far more.
 from __future__ import annotations
 
 import inspect
+import math
 
 import pytest
 import torch
@@ -141,17 +142,64 @@ GOLDEN = [(("ddpm", 7, 0.0, "eps"), [0.6375598, 0.620396, 0.6664621], 0.361158),
           (("ddim", 5, 0.0, "v"), [0.6442647, 0.705845, 0.6070722], 0.461135),
           (("dpmpp2m", 5, 0.0, "eps"), [0.6418425, 0.7294297, 0.5889428], 0.655883),
           (("dpmpp2m", 4, 0.0, "v"), [0.6429942, 0.7182163, 0.5975635], 0.563281)]
+U32 = 2.0 ** -24   # float32 unit roundoff
+#: rounding of the recorded numbers (7 significant digits for the mean, 6 decimals for the std sum)
+RECORDED = (5e-8, 5e-7)
+
+
+def golden_tolerance(d: GaussianDiffusion, ts: list[int], x_max: float) -> float:
+    """Bound (data units) on what float32 rounding can move a voxel of the mean, on any machine.
+
+    At step t the denoiser's x̂0 comes out of a cancellation divided by sqrt(ᾱ_t): x̂0 = (x − sqrt(1−ᾱ_t) ε̂) /
+    sqrt(ᾱ_t) for ε-prediction, and the same inside AnalyticV and split_output for v. Its ≤ 4 float32 roundings
+    of quantities ≤ |x| ≤ 1 + max|x_T| (the state stays within the noise plus the signal) are ≤ U32·|x| each,
+    whichever instruction set rounds them, so x̂0 is off by ≤ 4·U32·|x| / sqrt(ᾱ_t) (630·U32·|x| at t = T−1).
+    The step weighs x̂0 by ≤ sqrt(ᾱ_next) (DDIM, DDPM's c0 and, with ε̂ recomputed from x̂0, their ε̂ term) or
+    ≤ 2·sqrt(ᾱ_next) (DPM-Solver++'s extrapolation 1 + 1/(2r), r ≈ 1 on the log-SNR grid); later steps do not
+    amplify a state error (state weights ≤ 1, the analytic denoiser's x̂0 moves with x by ≤ 1) and data units
+    halve it: Σ_steps 4·U32·(1 + max|x_T|)·sqrt(ᾱ_next / ᾱ_t) (ᾱ = 1 after the last step). The elementwise rest
+    (O(1) values rounded ~10 times a step) is an order below and the noise's own rounding is damped (perturbed
+    by 2 ulps it moved the outputs by ≤ 2e-7). The bound is 1.7e-5 – 3.1e-5 here; an AMD EPYC (AVX2) was
+    3.4e-6 off, torch's scalar kernels ≤ 1.2e-7; a 1 % change of η moves the mean by 6e-4 (test below).
+    """
+    ab = [float(d.alphas_cumprod[t]) for t in ts] + [1.0]
+    return sum(4 * U32 * (1 + x_max) * math.sqrt(ab[k + 1] / ab[k]) for k in range(len(ts)))
+
+
+def _golden_run(case, eta_scale: float = 1.0):
+    sampler, steps, eta, pred = case
+    d = GaussianDiffusion(prediction=pred)
+    model = (AnalyticV if pred == "v" else Analytic)(d)
+    mean, std = sample(model, d, torch.zeros(1, 1, 4, 4), sampler, steps=steps, eta=eta * eta_scale, samples=2,
+                       generator=torch.Generator().manual_seed(11))
+    x_max = float(torch.randn((2, 1, 4, 4), generator=torch.Generator().manual_seed(11)).abs().max())
+    return mean, std, golden_tolerance(d, timesteps(d, steps), x_max)
 
 
 @pytest.mark.parametrize("case,first,std_sum", GOLDEN)
 def test_outputs_unchanged_since_before_the_table(case, first, std_sum):
-    sampler, steps, eta, pred = case
-    d = GaussianDiffusion(prediction=pred)
-    model = (AnalyticV if pred == "v" else Analytic)(d)
-    mean, std = sample(model, d, torch.zeros(1, 1, 4, 4), sampler, steps=steps, eta=eta, samples=2,
-                       generator=torch.Generator().manual_seed(11))
-    torch.testing.assert_close(mean.flatten()[:3], torch.tensor(first), rtol=0, atol=2e-6)
-    assert abs(float(std.sum()) - std_sum) < 5e-6
+    mean, std, tol = _golden_run(case)
+    assert tol < 4e-5                                   # the bound stays far below a real change (see below)
+    torch.testing.assert_close(mean.flatten()[:3].double(), torch.tensor(first, dtype=torch.float64),
+                               rtol=0, atol=tol + RECORDED[0])
+    # std = |a − b| / sqrt(2) per voxel of the K = 2 samples, a and b each within tol: ≤ sqrt(2)·tol, 16 voxels
+    assert abs(float(std.double().sum()) - std_sum) <= 16 * math.sqrt(2) * tol + RECORDED[1]
+
+
+@pytest.mark.parametrize("case", [GOLDEN[1][0]])
+def test_golden_tolerance_sees_a_changed_coefficient(case, monkeypatch):
+    """What the tolerance can see: DDIM's η 1 % off, or DPM-Solver++'s step coefficient expm1(−h) 0.1 % off."""
+    mean, _, tol = _golden_run(case)
+    off, _, _ = _golden_run(case, eta_scale=1.01)
+    assert float((off - mean).abs().max()) > 10 * tol
+    d = GaussianDiffusion()
+    a, _ = sample(Analytic(d), d, torch.zeros(1, 1, 4, 4), "dpmpp2m", steps=5,
+                  generator=torch.Generator().manual_seed(11))
+    real_expm1 = math.expm1
+    monkeypatch.setattr(samplers_module.math, "expm1", lambda h: real_expm1(h) * (1 + 1e-3))
+    b, _ = sample(Analytic(d), d, torch.zeros(1, 1, 4, 4), "dpmpp2m", steps=5,
+                  generator=torch.Generator().manual_seed(11))
+    assert float((a - b).abs().max()) > 10 * golden_tolerance(d, timesteps(d, 5), 3.0)   # x_max ≤ 3 here
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))

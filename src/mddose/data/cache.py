@@ -153,6 +153,11 @@ def cached_load(src: str | os.PathLike, fmt: str, reader: Callable[[Path], Patie
     if (entry / "patient.json").is_file():
         try:
             patient = read_entry(entry)
+            if "source" in patient.meta:
+                # The key is the *resolved* path; the stored source is the path as the first reader was given
+                # it, maybe relative to another working directory. Files next to the patient (the float64
+                # dose.csv re-read for exact OpenKBP scores) are found through the path given now.
+                patient.meta["source"] = str(src)
             logger.debug("cache hit for %s (%s)", src, entry)
             return patient
         except Exception as exc:  # noqa: BLE001 - any failure means a corrupt entry

@@ -304,11 +304,27 @@ def _read_nifti(path: Path, patient: Patient) -> np.ndarray:
 
 
 def reference_dose(patient: Patient, prediction: np.ndarray) -> np.ndarray:
-    """The reference dose to score ``prediction`` against: for a float64 prediction (an OpenKBP CSV, see
-    :func:`read_volume`) the patient's ``dose.csv`` re-read in float64, so that the scores equal the
-    official evaluator's to ~1e-15; otherwise ``patient.dose`` (float32)."""
+    """The reference dose to score ``prediction`` against.
+
+    For a float64 prediction (an OpenKBP CSV, see :func:`read_volume`) of an OpenKBP patient read from disk:
+    the patient's ``dose.csv`` re-read in float64, so that the scores equal the official evaluator's to
+    ~1e-15 (the float32 contract dose would leave them ~5e-8 relative off, the rounding of float32).
+    Otherwise ``patient.dose`` (float32).
+
+    Never falls back silently: when that ``dose.csv`` is gone, or holds another dose than the patient's
+    (its float32 rounding differs from ``patient.dose``: the patient's source path no longer leads to the
+    file it was read from), a one-line MddoseError naming the file is raised.
+    """
     src = patient.meta.get("source")
-    if prediction.dtype == np.float64 and patient.meta.get("format") == "openkbp" and src \
-            and (Path(src) / "dose.csv").is_file():
-        return _read_csv(Path(src) / "dose.csv", tuple(patient.shape), exact=True)
-    return patient.dose
+    if prediction.dtype != np.float64 or patient.meta.get("format") != "openkbp" or not src \
+            or patient.dose is None:
+        return patient.dose
+    path = Path(src) / "dose.csv"
+    if not path.is_file():
+        raise MddoseError(f"patient {patient.id}: cannot re-read the reference dose in float64 for exact OpenKBP "
+                          "scores (no such file)", path)
+    exact = _read_csv(path, tuple(patient.shape), exact=True)
+    if not np.array_equal(exact.astype(np.float32), patient.dose):
+        raise MddoseError(f"patient {patient.id}: this dose file is not the one the patient was read from "
+                          "(its float32 rounding differs from the patient's dose)", path)
+    return exact

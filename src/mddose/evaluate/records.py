@@ -29,6 +29,7 @@ from mddose.errors import MddoseError
 from mddose.evaluate.clinical import (HI_DEFINITIONS, HI_MDDOSE_DEFINITION, clinical_metrics,
                                       hi_slice_error, primary_target)
 from mddose.evaluate.openkbp import dvh_differences, score_patient
+from mddose.evaluate.predictions import reference_dose
 from mddose.utils.fs import atomic_write, describe_error
 
 GAMMA_CRITERIA = "3%/3mm global, 10% low-dose cutoff"
@@ -269,6 +270,9 @@ def evaluate_arrays(references: list, predictions: Mapping[str, np.ndarray], *, 
     """Evaluate in-memory predictions (patient id → (Z, Y, X) Gy) against reference Patients.
 
     A patient that cannot be scored, whatever the exception, is listed in ``errors`` and the rest go on.
+    A float64 prediction of an OpenKBP patient is scored against its ``dose.csv`` re-read in float64
+    (:func:`~mddose.evaluate.predictions.reference_dose`), as :func:`~mddose.evaluate.run.evaluate_predictions`
+    does: exact OpenKBP scores for the predictions read by ``mddose report`` too.
     """
     res = EvaluationResult(gamma=gamma)
     ids = {p.id for p in references}
@@ -278,7 +282,8 @@ def evaluate_arrays(references: list, predictions: Mapping[str, np.ndarray], *, 
             res.missing.append(p.id)
             continue
         try:
-            res.records.append(evaluate_patient(p, predictions[p.id], gamma=gamma))
+            pred = np.asarray(predictions[p.id])
+            res.records.append(evaluate_patient(p, pred, gamma=gamma, reference_dose=reference_dose(p, pred)))
         except Exception as exc:  # noqa: BLE001 - one bad patient never stops the batch
             res.errors.append((p.id, failure(exc, p.meta.get("source"))))
     return res

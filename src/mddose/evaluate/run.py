@@ -10,8 +10,10 @@ patient that cannot be scored, whatever the exception — is listed in ``errors`
 the batch goes on.
 
 Precision: for OpenKBP references with CSV predictions both doses are read in float64 so that the scores
-equal the official evaluator's to ~1e-15; otherwise the float32 arrays of the patient contract are used
-(relative differences ≲ 1e-7).
+equal the official evaluator's to ~1e-15 (the reference's ``dose.csv`` is found through the patient's
+folder; when it cannot be, the patient is an error, never silently scored against the float32 dose, which
+is ~5e-8 relative off); otherwise the float32 arrays of the patient contract are used (relative
+differences ≲ 1e-7).
 """
 
 from __future__ import annotations
