@@ -14,6 +14,10 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+#: Threshold of resampled {0, 1} masks: a sample exactly between an inside and an outside voxel (0.5) counts
+#: as inside whatever the float rounding, so mirrored or rotated grids give mirrored or rotated masks.
+TIE = 0.5 - 1e-3
+
 
 def projections(targets_bf: np.ndarray) -> np.ndarray:
     """Beam's-eye views of target masks sampled in the beam frame.
@@ -23,7 +27,7 @@ def projections(targets_bf: np.ndarray) -> np.ndarray:
     Returns:
         (L, Z, F, n_u) bool: a ray sees target ``l`` where the resampled mask reaches 0.5 along it.
     """
-    return targets_bf.max(axis=3) >= 0.5
+    return targets_bf.max(axis=3) >= TIE
 
 
 def grow(aperture: np.ndarray, margin_mm: float, spacing_zu: Sequence[float]) -> np.ndarray:
@@ -44,10 +48,10 @@ def grow(aperture: np.ndarray, margin_mm: float, spacing_zu: Sequence[float]) ->
     stack = np.moveaxis(aperture.reshape(-1, z, f, n_u), 2, 1).reshape(-1, z, n_u)
     far = 10.0 * (margin_mm + z * spacing_zu[0] + n_u * spacing_zu[1])
     dist = ndimage.distance_transform_edt(~stack, sampling=(far, float(spacing_zu[0]), float(spacing_zu[1])))
-    grown = (dist <= margin_mm).reshape(-1, f, z, n_u)
+    grown = (dist <= margin_mm + 1e-6).reshape(-1, f, z, n_u)
     return np.moveaxis(grown, 1, 2).reshape(*lead, z, f, n_u)
 
 
 def beam_masks_from_apertures(aperture_patient: np.ndarray, region: np.ndarray) -> np.ndarray:
     """(F, Z, Y, X) bool beam masks from apertures resampled to the patient, clipped to ``region`` (Z, Y, X)."""
-    return (aperture_patient >= 0.5) & region[None]
+    return (aperture_patient >= TIE) & region[None]

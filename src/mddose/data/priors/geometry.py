@@ -65,9 +65,10 @@ class BeamFrame:
             raise MddoseError(f"inputs.priors.sad_mm: the patient ({radius:.0f} mm around the isocentre) does not "
                               f"fit inside 0.9 × SAD = {0.9 * sad:.0f} mm")
         step = float(min(spacing_yx))
-        n_d = int(math.ceil(2 * radius / step)) + 1
-        half_u = radius * sad / (sad - radius)
+        n_d = int(math.ceil(2 * radius / step)) + 1            # both axes centred on the isocentre (symmetric
+        half_u = radius * sad / (sad - radius)                # under mirrors), covering at least the disc
         n_u = int(math.ceil(2 * half_u / step)) + 1
+        radius, half_u = (n_d - 1) / 2 * step, (n_u - 1) / 2 * step
         vecs = [beam_vectors(a, direction) for a in arrangement.gantry_deg]
         return cls(tuple(int(n) for n in shape_yx), tuple(float(s) for s in spacing_yx),
                    tuple(float(c) for c in iso_yx), arrangement.gantry_deg, sad, float(radius), step, n_d, n_u,
