@@ -214,3 +214,17 @@ def test_real_patient_anterior_field_enters_the_face(openkbp_dir):
     nine = compute_priors(p, PriorsSpec(("prior_dose",)))["prior_dose"]
     m = p.possible_dose_mask
     assert np.corrcoef(nine[m], p.dose[m])[0, 1] > 0.6         # 0.70 here; 0.79–0.95 on validation-pats
+
+
+def test_phantom_beam_labels_are_iec_mirrored():
+    """mddose.data.phantom's beam "angle θ" is IEC −θ (documented in mddose.data.priors.beams): its 90° beam
+    enters from the patient's right (low x), as the priors' 270° field does."""
+    from mddose.data.phantom import _beam_dose
+
+    p = box_patient()
+    density = np.where(p.possible_dose_mask, 1.0, 0.0).astype(np.float32)
+    ph = _beam_dose(density, p.masks["PTV"], 90.0, p.spacing)[6, 20, :]
+    ours = compute_priors(p, single_field(270, ("prior_dose",)))["prior_dose"][6, 20, :]
+    inside = np.nonzero(p.possible_dose_mask[6, 20, :])[0]
+    for line in (ph, ours):
+        assert line[inside[0] + 4] > 1.5 * line[inside[-1] - 4]

@@ -99,11 +99,13 @@ class BeamFrame:
         g = np.stack([2 * ix / max(nx - 1, 1) - 1, 2 * iy / max(ny - 1, 1) - 1], axis=-1)
         return torch.from_numpy(g.reshape(1, -1, self.n_u, 2).astype(np.float32))
 
-    def backward_grid(self) -> torch.Tensor:
-        """(F, Y, X, 2) float32 grid over the beam frame (n_d, n_u): where each patient voxel lies in each field."""
+    def backward_grid(self, box: tuple[slice, slice] | None = None) -> torch.Tensor:
+        """(F, Y', X', 2) float32 grid over the beam frame (n_d, n_u): where each patient voxel of ``box``
+        (rows, columns; default the whole slice) lies in each field."""
         ny, nx = self.shape_yx
-        py = np.arange(ny) * self.spacing_yx[0] - self.iso_yx[0]
-        px = np.arange(nx) * self.spacing_yx[1] - self.iso_yx[1]
+        rows, cols = box if box is not None else (slice(0, ny), slice(0, nx))
+        py = np.arange(ny)[rows] * self.spacing_yx[0] - self.iso_yx[0]
+        px = np.arange(nx)[cols] * self.spacing_yx[1] - self.iso_yx[1]
         py, px = py[None, :, None], px[None, None, :]
         b, lat = self.beams[:, :, None, None], self.laterals[:, :, None, None]
         d = py * b[:, 0] + px * b[:, 1]                                          # (F, Y, X)
@@ -120,13 +122,14 @@ class BeamFrame:
         out = F.grid_sample(t, self.forward_grid(), mode="bilinear", padding_mode="zeros", align_corners=True)
         return out[0].reshape(vol.shape[0], len(self.angles), self.n_d, self.n_u).numpy()
 
-    def to_patient(self, beam_vol: np.ndarray) -> np.ndarray:
-        """(F, C, n_d, n_u) float32 per-field beam-frame volumes → (F, C, Y, X) in the patient's slices.
+    def to_patient(self, beam_vol: np.ndarray, box: tuple[slice, slice] | None = None) -> np.ndarray:
+        """(F, C, n_d, n_u) float32 per-field beam-frame volumes → (F, C, Y', X') on the patient's slices,
+        restricted to ``box`` (rows, columns; default the whole slice: (Y, X)).
 
         ``n_d`` may be 1 for quantities constant along each ray (an aperture): then each voxel reads the value
         of its ray (``u``), wherever it lies along the beam."""
         t = torch.from_numpy(np.ascontiguousarray(beam_vol, dtype=np.float32))
-        grid = self.backward_grid()
+        grid = self.backward_grid(box)
         if t.shape[2] == 1:
             grid = grid.clone()
             grid[..., 1] = 0.0

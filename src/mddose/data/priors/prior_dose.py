@@ -98,9 +98,15 @@ def raytrace(ct: np.ndarray, targets: Mapping[str, np.ndarray], prescriptions: M
     proj = projections(bf[1:])                                                  # (L, Zc, F, n_u)
     spacing_zu = (sz, frame.step)
     union_ap = grow(proj.any(axis=0), model.margin_mm, spacing_zu)             # (Zc, F, n_u)
-    ap_pat = frame.to_patient(np.moveaxis(union_ap, 1, 0)[:, :, None, :].astype(np.float32))  # (F, Zc, Y, X)
+    # back to the patient only inside the dose region's in-plane box (everything outside it is 0 anyway)
+    ry, rx = np.nonzero(region[zc].any(axis=0))
+    if ry.size == 0:
+        ry, rx = np.array([0]), np.array([0])
+    box = (slice(int(ry.min()), int(ry.max()) + 1), slice(int(rx.min()), int(rx.max()) + 1))
+    sub = (zc, *box)
+    ap_pat = frame.to_patient(np.moveaxis(union_ap, 1, 0)[:, :, None, :].astype(np.float32), box)  # (F, Zc, Y', X')
     beams = np.zeros((n_f, *shape), dtype=bool)
-    beams[:, zc] = beam_masks_from_apertures(ap_pat, region[zc])
+    beams[(slice(None), *sub)] = beam_masks_from_apertures(ap_pat, region[sub])
     out = {"beams": beams, "beam_sum": beams.sum(axis=0, dtype=np.float32)}
     if not want_dose:
         return out
@@ -118,13 +124,13 @@ def raytrace(ct: np.ndarray, targets: Mapping[str, np.ndarray], prescriptions: M
     isq = (frame.sad / (frame.sad + frame.d_mm)) ** 2                            # (n_d,)
     dose_bf = fluence[:, :, None, :] * pdd * isq[None, None, :, None].astype(np.float32)
     dose_bf *= rho > 0                                                          # no dose deposited in air
-    per_field = frame.to_patient(np.moveaxis(dose_bf, 1, 0).astype(np.float32))  # (F, Zc, Y, X)
-    dose_c = per_field.sum(axis=0)
-    if model.scatter_fraction > 0:
-        halo = ndimage.gaussian_filter(dose_c, tuple(model.scatter_mm / s for s in (sz, sy, sx)), mode="constant")
-        dose_c = (1.0 - model.scatter_fraction) * dose_c + model.scatter_fraction * halo
+    per_field = frame.to_patient(np.moveaxis(dose_bf, 1, 0).astype(np.float32), box)  # (F, Zc, Y', X')
     dose = np.zeros(shape, dtype=np.float32)
-    dose[zc] = dose_c
+    dose[sub] = per_field.sum(axis=0)
+    if model.scatter_fraction > 0:
+        dose_c = dose[zc]
+        halo = ndimage.gaussian_filter(dose_c, tuple(model.scatter_mm / s for s in (sz, sy, sx)), mode="constant")
+        dose[zc] = (1.0 - model.scatter_fraction) * dose_c + model.scatter_fraction * halo
     dose[~region] = 0.0
     top = dose[targets[names[0]]]
     ref = float(np.percentile(top, 5)) if model.normalise == "d95" else float(top.mean())
