@@ -216,15 +216,19 @@ def test_real_patient_anterior_field_enters_the_face(openkbp_dir):
     assert np.corrcoef(nine[m], p.dose[m])[0, 1] > 0.6         # 0.70 here; 0.79–0.95 on validation-pats
 
 
-def test_phantom_beam_labels_are_iec_mirrored():
-    """mddose.data.phantom's beam "angle θ" is IEC −θ (documented in mddose.data.priors.beams): its 90° beam
-    enters from the patient's right (low x), as the priors' 270° field does."""
+@pytest.mark.parametrize("angle", [0.0, 90.0, 180.0, 270.0])
+def test_phantom_generator_uses_the_same_convention(angle):
+    """mddose.data.phantom's beam at θ enters where the priors' field at θ does (its 90° beam from the
+    patient's left, high x)."""
     from mddose.data.phantom import _beam_dose
 
     p = box_patient()
     density = np.where(p.possible_dose_mask, 1.0, 0.0).astype(np.float32)
-    ph = _beam_dose(density, p.masks["PTV"], 90.0, p.spacing)[6, 20, :]
-    ours = compute_priors(p, single_field(270, ("prior_dose",)))["prior_dose"][6, 20, :]
-    inside = np.nonzero(p.possible_dose_mask[6, 20, :])[0]
-    for line in (ph, ours):
-        assert line[inside[0] + 4] > 1.5 * line[inside[-1] - 4]
+    ph = _beam_dose(density, p.masks["PTV"], angle, p.spacing)
+    ours = compute_priors(p, single_field(angle, ("prior_dose",)))["prior_dose"]
+    lateral = angle in (90.0, 270.0)
+    for d in (ph, ours):
+        line = d[6, 20, :] if lateral else d[6, :, 30]
+        inside = np.nonzero(p.possible_dose_mask[6, 20, :] if lateral else p.possible_dose_mask[6, :, 30])[0]
+        low, high = line[inside[0] + 4], line[inside[-1] - 4]
+        assert (low > 1.5 * high) if angle in (0.0, 270.0) else (high > 1.5 * low)

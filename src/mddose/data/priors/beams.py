@@ -19,9 +19,8 @@ the in-plane axes is handled through ``direction`` (:func:`beam_vectors`); a non
 OpenKBP folders are read into this contract by :mod:`mddose.data.formats.openkbp` (checked there against
 the anatomy of every shared patient); ``results/priors/README.md`` shows the 0° field entering the face.
 
-Note: :mod:`mddose.data.phantom` rotates with ``scipy.ndimage.rotate`` so that its beam "angle θ" enters
-from the patient's right for θ = 90°: its labels are IEC ``−θ``. Its set of nine angles is mirror
-symmetric, so the plans are the same fields; only the per-angle labels of its ``beam_weights`` differ.
+:mod:`mddose.data.phantom` (its ``scipy.ndimage.rotate`` by θ, beam along +y of the rotated frame) follows
+the same convention: its 90° beam enters from the patient's left (``tests/data/test_priors.py``).
 
 Rotating the grid in the axial plane by ``α`` clockwise as seen from the feet (what
 :func:`mddose.data.inputs.volume.rotate_axial` does for ``α > 0``) moves field ``θ`` to ``θ + α``; an
