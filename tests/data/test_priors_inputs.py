@@ -155,6 +155,8 @@ def test_bad_arrangement_is_one_line(angles, msg):
     ({"dose": {"mu_per_mm": float("nan")}}, "dose.mu_per_mm must be a positive"),
     ({"dose": {"scatter_fraction": 1.0}}, r"scatter_fraction must be in \[0, 1\)"),
     ({"dose": {"normalise": "max"}}, "normalise must be 'mean' or 'd95'"),
+    ({"dose": {"modulation_iterations": 2.5}}, "modulation_iterations must be an integer"),
+    ({"dose": {"modulation_normal_weight": -1}}, "modulation_normal_weight must be a non-negative"),
     ({"dose": {"sigma": 3}}, r"unknown key\(s\) \['sigma'\]"),
     ({"extra": 1}, r"inputs.priors: unknown key\(s\) \['extra'\]"),
 ])

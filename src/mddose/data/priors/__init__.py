@@ -81,7 +81,7 @@ class PriorsSpec:
         d = self.dose if isinstance(self.dose, DoseModel) else _dose_model(self.dose)
         object.__setattr__(self, "dose", d)
         checks = {"margin_mm": (0.0, False), "penumbra_mm": (0.0, False), "mu_per_mm": (0.0, True),
-                  "buildup_mm": (0.0, True), "scatter_mm": (0.0, True)}
+                  "buildup_mm": (0.0, True), "scatter_mm": (0.0, True), "modulation_normal_weight": (0.0, False)}
         for key, (lo, strict) in checks.items():
             v = getattr(d, key)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
@@ -91,6 +91,9 @@ class PriorsSpec:
         f = d.scatter_fraction
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not (0.0 <= f < 1.0):
             raise MddoseError(f"inputs.priors.dose.scatter_fraction must be in [0, 1), got {f!r}")
+        it = d.modulation_iterations
+        if isinstance(it, bool) or not isinstance(it, int) or not 0 <= it <= 100:
+            raise MddoseError(f"inputs.priors.dose.modulation_iterations must be an integer in 0..100, got {it!r}")
         if d.normalise not in ("mean", "d95"):
             raise MddoseError(f"inputs.priors.dose.normalise must be 'mean' or 'd95', got {d.normalise!r}")
 

@@ -10,7 +10,12 @@ For each field (see :mod:`.geometry` for the divergent beam frame, :mod:`.beam_m
   i.e. the body surface or the immobilisation mask);
 * **inverse square** ``(SAD / (SAD + d))²`` with ``d`` the distance past the isocentre plane.
 
-Fields are summed with equal weights; a scatter halo (``scatter_fraction`` of the dose blurred with a
+Fields are summed with equal weights (optionally, ``modulation_iterations`` > 0 first modulates the
+fluence: :func:`_modulate`, a few projected-gradient steps towards the prescriptions in the targets and low
+dose elsewhere, stopped early on purpose; 3 steps with normal-tissue weight 0.1 were picked on six OpenKBP
+training patients, where they lower the dose score from 9.5 to 7.0 Gy; more steps over-modulate. It spares
+the organs (spinal cord maximum ~43 Gy instead of ~68) but underdoses the lower target levels by ~6 Gy and
+costs ~0.1–0.2 s per step: experimental, off by default); a scatter halo (``scatter_fraction`` of the dose blurred with a
 Gaussian of σ ``scatter_mm``) is mixed in; the dose is zeroed outside the dose region and scaled so that the
 highest-prescription target's mean (``normalise="mean"``) or D95 (``"d95"``) equals its prescription.
 The isocentre is the targets' centroid (in each axial plane).
@@ -30,6 +35,7 @@ from scipy import ndimage
 
 from mddose.data.priors.beam_masks import beam_masks_from_apertures, grow, projections
 from mddose.data.priors.beams import BeamArrangement
+from mddose.data.patient import prescription_map
 from mddose.data.priors.geometry import BeamFrame
 
 #: HU → relative electron density calibration points (HU, density).
@@ -53,6 +59,34 @@ class DoseModel:
     scatter_fraction: float = 0.15
     scatter_mm: float = 15.0
     normalise: str = "mean"
+    modulation_iterations: int = 0
+    modulation_normal_weight: float = 0.1
+
+
+def _modulate(fluence, primary, dose_of, frame, kernel, penumbra, box, shape_yx, rx_map, region, model):
+    """First-order intensity modulation: projected-gradient steps on the per-ray fluence (≥ 0, inside the
+    apertures) of ``Σ_target (D − rx)² + w · Σ_normal D²`` over the dose region, with exact line search
+    (the objective is quadratic), from the open fields scaled to the prescription. The gradient's adjoint
+    resamples to the beam frame with the forward sampler (bilinear gather instead of scatter: equal up to
+    the ratio of sample areas, ≈ 1 here). Few steps on purpose: early stopping is the regulariser (see the
+    module docstring). Returns (fluence (Zc, F, n_u), primary dose (Zc, Y', X'))."""
+    inside = rx_map > 0
+    w = np.where(inside, 1.0, np.where(region, model.modulation_normal_weight, 0.0)).astype(np.float32)
+    aperture = fluence > 0
+    full = np.zeros((rx_map.shape[0], *shape_yx), dtype=np.float32)
+    s = float((primary[inside] * rx_map[inside]).sum()) / max(float((primary[inside] ** 2).sum()), 1e-12)
+    fluence, primary = fluence * s, primary * s
+    for _ in range(int(model.modulation_iterations)):
+        res = w * (primary - rx_map)
+        full[(slice(None), *box)] = res
+        grad = penumbra((frame.to_beam(full) * kernel).sum(axis=2)) * aperture   # (Zc, F, n_u)
+        step = dose_of(grad)
+        den = float((w * step * step).sum())
+        if den <= 0:
+            break
+        fluence = np.clip(fluence - float((res * step).sum()) / den * grad, 0.0, None)
+        primary = dose_of(fluence)
+    return fluence, primary
 
 
 def _crop_z(union: np.ndarray, pad_mm: float, sz: float) -> slice:
@@ -115,18 +149,26 @@ def raytrace(ct: np.ndarray, targets: Mapping[str, np.ndarray], prescriptions: M
     levels = grow(proj, model.margin_mm, spacing_zu).astype(np.float32)       # (L, Zc, F, n_u)
     weights = np.asarray([prescriptions[n] / rx_max for n in names], dtype=np.float32)
     fluence = (levels * weights[:, None, None, None]).max(axis=0)               # (Zc, F, n_u)
-    if model.penumbra_mm > 0:
-        fluence = ndimage.gaussian_filter(fluence, (model.penumbra_mm / sz, 0, model.penumbra_mm / frame.step),
-                                          mode="constant")
     rho = bf[0]                                                                 # (Zc, F, n_d, n_u)
     depth = (np.cumsum(rho, axis=2) - 0.5 * rho) * frame.step                   # water-equivalent mm
     pdd = (1.0 - np.exp(-depth / model.buildup_mm)) * np.exp(-model.mu_per_mm * depth)
-    isq = (frame.sad / (frame.sad + frame.d_mm)) ** 2                            # (n_d,)
-    dose_bf = fluence[:, :, None, :] * pdd * isq[None, None, :, None].astype(np.float32)
-    dose_bf *= rho > 0                                                          # no dose deposited in air
-    per_field = frame.to_patient(np.moveaxis(dose_bf, 1, 0).astype(np.float32), box)  # (F, Zc, Y', X')
+    isq = ((frame.sad / (frame.sad + frame.d_mm)) ** 2).astype(np.float32)      # (n_d,)
+    kernel = (pdd * isq[None, None, :, None] * (rho > 0)).astype(np.float32)    # no dose deposited in air
+    sigma = (model.penumbra_mm / sz, 0, model.penumbra_mm / frame.step)
+
+    def penumbra(f: np.ndarray) -> np.ndarray:
+        return ndimage.gaussian_filter(f, sigma, mode="constant") if model.penumbra_mm > 0 else f
+
+    def dose_of(f: np.ndarray) -> np.ndarray:                                   # (Zc, F, n_u) → (Zc, Y', X')
+        dose_bf = penumbra(f)[:, :, None, :] * kernel
+        return frame.to_patient(np.ascontiguousarray(np.moveaxis(dose_bf, 1, 0)), box).sum(axis=0)
+
+    primary = dose_of(fluence)
+    if model.modulation_iterations > 0:
+        fluence, primary = _modulate(fluence, primary, dose_of, frame, kernel, penumbra, box, shape[1:],
+                                     prescription_map(targets, prescriptions, shape)[sub], region[sub], model)
     dose = np.zeros(shape, dtype=np.float32)
-    dose[sub] = per_field.sum(axis=0)
+    dose[sub] = primary
     if model.scatter_fraction > 0:
         dose_c = dose[zc]
         halo = ndimage.gaussian_filter(dose_c, tuple(model.scatter_mm / s for s in (sz, sy, sx)), mode="constant")
