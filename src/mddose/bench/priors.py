@@ -5,7 +5,7 @@ good the prior dose is as a prediction, scored like OpenKBP (dose score = MAE ov
 DVH score) — as computed (PTV70 mean = 70 Gy), with the oracle "best scale" (the one factor minimising
 that patient's MAE, read from the true dose: an upper bound of what a global rescaling could do), and with
 the antero-posterior mirror of the gantry convention (θ → 180° − θ; a wrong convention should score
-worse). Writes ``scores.json`` and ``prior_vs_true.png`` into ``--out``.
+worse), and with the experimental modulation (``modulation_iterations=3``). Writes ``scores.json`` and ``prior_vs_true.png`` into ``--out``.
 
 **Angle scan** (the gantry convention checked on real plans): the true dose's beam streaks outside the
 targets are compared with the prior dose of the nine fields rotated by φ = 0°, 5°, …, 35°: the
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -81,9 +82,9 @@ def best_scale(reference: np.ndarray, prior: np.ndarray, mask: np.ndarray) -> tu
     return s, float(np.abs(ref - s * pr).sum() / n)
 
 
-def _crop(p) -> tuple[slice, slice]:
-    """In-plane bounding box (rows, columns) of the possible-dose mask, grown by 4 voxels."""
-    ys, xs = np.nonzero(p.possible_dose_mask.any(axis=0))
+def _crop(p, k: int) -> tuple[slice, slice]:
+    """In-plane bounding box (rows, columns) of slice ``k``'s possible-dose mask, grown by 4 voxels."""
+    ys, xs = np.nonzero(p.possible_dose_mask[k])
     return (slice(max(ys.min() - 4, 0), ys.max() + 5), slice(max(xs.min() - 4, 0), xs.max() + 5))
 
 
@@ -93,16 +94,17 @@ def _figure(cases: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(cases), 5, figsize=(24, 4.8 * len(cases)), squeeze=False)
+    fig, axes = plt.subplots(len(cases), 6, figsize=(29, 4.8 * len(cases)), squeeze=False)
     for row, c in zip(axes, cases):
         p, pr = c["patient"], c["priors"]
         k = int(round(np.nonzero(p.masks["PTV70"])[0].mean()))
-        ry, rx = _crop(p)
+        ry, rx = _crop(p, k)
         sy, sx = p.spacing[1], p.spacing[2]
         ext = (rx.start * sx, rx.stop * sx, ry.stop * sy, ry.start * sy)        # mm, anterior at the top
         vmax = max(float(p.dose.max()), float(pr["prior_dose"].max()))
         panels = ((p.dose, f"{p.id} slice {k}: CT + true dose (Gy)", "jet", (0, vmax)),
                   (pr["prior_dose"], f"prior dose (Gy), MAE {c['mae']:.1f} Gy", "jet", (0, vmax)),
+                  (c["modulated"], f"modulated prior (3 steps), MAE {c['mae_mod']:.1f} Gy", "jet", (0, vmax)),
                   (pr["beam_sum"], "beam sum; 0° (red) and 80° (white) masks", "viridis", (0, 9)),
                   (pr["sdf_targets"], "signed distance to the targets (mm)", "RdBu_r", (-50, 50)))
         for ax, (vol, title, cmap, lim) in zip(row, panels):
@@ -122,16 +124,18 @@ def _figure(cases: list[dict], path: Path) -> None:
             ax.set_xlabel("x (mm), towards the patient's left")
             ax.set_ylabel("y (mm), towards posterior")
             fig.colorbar(im, ax=ax, fraction=0.046)
-        ax = row[4]
+        ax = row[5]
         names = [n for n in ("PTV70", "PTV63", "PTV56", *FIG_OARS) if n in p.masks and p.masks[n].any()]
         true = dvh_curves(p.dose, {n: p.masks[n] for n in names})
         prior = dvh_curves(pr["prior_dose"], {n: p.masks[n] for n in names})
+        mod = dvh_curves(c["modulated"], {n: p.masks[n] for n in names})
         for i, n in enumerate(names):
             ax.plot(true[n].bins, 100 * true[n].volume, color=f"C{i}", label=n)
             ax.plot(prior[n].bins, 100 * prior[n].volume, color=f"C{i}", ls="--")
+            ax.plot(mod[n].bins, 100 * mod[n].volume, color=f"C{i}", ls=":")
         ax.set_xlabel("dose (Gy)")
         ax.set_ylabel("volume (%)")
-        ax.set_title("DVH: true (solid) vs prior (dashed)", fontsize=10)
+        ax.set_title("DVH: true (solid), prior (dashed), modulated (dotted)", fontsize=10)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -146,6 +150,7 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     spec = PriorsSpec()
+    modulated = PriorsSpec(("prior_dose",), spec.arrangement, replace(spec.dose, modulation_iterations=3))
     mirrored = PriorsSpec(("prior_dose",), AxialTransform(flip_y=True).arrangement(spec.arrangement), spec.dose)
     drawn = set(args.figure_patients.split(","))
     rows, cases = [], []
@@ -162,15 +167,21 @@ def run(args) -> int:
         scale, err_best = best_scale(p.dose, pr["prior_dose"], mask)
         err_mirror = dose_error(p.dose, compute_priors(p, mirrored)["prior_dose"], mask)
         corr = float(np.corrcoef(p.dose[mask], pr["prior_dose"][mask])[0, 1])
+        t0 = time.perf_counter()
+        mod = compute_priors(p, modulated)["prior_dose"]
+        t_mod = time.perf_counter() - t0
+        err_mod, _, pred_mod = score_patient(p.dose, mod, p.masks, mask, p.spacing, p.prescriptions)
+        dvh_mod = [abs(ref[k] - pred_mod[k]) for k in ref if ref[k] is not None and pred_mod[k] is not None]
         scan = angle_scan(p)
         row = {"id": p.id, "seconds": min(times), "dose_error": err, "dvh_error": float(np.mean(dvh)),
                "best_scale": scale, "dose_error_best_scale": err_best, "dose_error_ap_mirrored": err_mirror,
-               "pearson_r": corr, "angle_scan_peak_deg": 5.0 * int(np.argmax(scan)),
+               "pearson_r": corr, "dose_error_modulated": err_mod, "dvh_error_modulated": float(np.mean(dvh_mod)),
+               "seconds_modulated_dose_only": t_mod, "angle_scan_peak_deg": 5.0 * int(np.argmax(scan)),
                "angle_scan": [round(v, 4) for v in scan]}
         rows.append(row)
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
         if p.id in drawn:
-            cases.append({"patient": p, "priors": pr, "mae": err})
+            cases.append({"patient": p, "priors": pr, "mae": err, "modulated": mod, "mae_mod": err_mod})
     extra = []
     for folder in args.scan:
         for d in sorted(q for q in Path(folder).iterdir() if q.is_dir()):
@@ -181,7 +192,8 @@ def run(args) -> int:
             print(json.dumps(extra[-1]), flush=True)
     summary = {}
     for key in ("seconds", "dose_error", "dvh_error", "best_scale", "dose_error_best_scale",
-                "dose_error_ap_mirrored", "pearson_r"):
+                "dose_error_ap_mirrored", "pearson_r", "dose_error_modulated", "dvh_error_modulated",
+                "seconds_modulated_dose_only"):
         v = np.asarray([r[key] for r in rows])
         summary[key] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
     peaks = [r["angle_scan_peak_deg"] for r in rows + extra]

@@ -153,7 +153,9 @@ def raytrace(ct: np.ndarray, targets: Mapping[str, np.ndarray], prescriptions: M
     depth = (np.cumsum(rho, axis=2) - 0.5 * rho) * frame.step                   # water-equivalent mm
     pdd = (1.0 - np.exp(-depth / model.buildup_mm)) * np.exp(-model.mu_per_mm * depth)
     isq = ((frame.sad / (frame.sad + frame.d_mm)) ** 2).astype(np.float32)      # (n_d,)
-    kernel = (pdd * isq[None, None, :, None] * (rho > 0)).astype(np.float32)    # no dose deposited in air
+    # internal air (airways, sinuses) keeps the dose of its depth: the depth stops growing there, and before
+    # the body the build-up factor is 0; outside the dose region everything is zeroed below
+    kernel = (pdd * isq[None, None, :, None]).astype(np.float32)
     sigma = (model.penumbra_mm / sz, 0, model.penumbra_mm / frame.step)
 
     def penumbra(f: np.ndarray) -> np.ndarray:
