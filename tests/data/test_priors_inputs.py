@@ -228,3 +228,23 @@ def test_patient_beams_must_match_the_beam_channels(phantom):
         compute_priors(phantom, PriorsSpec(("beams",)), BeamArrangement((0.0, 180.0)))
     out = compute_priors(phantom, PriorsSpec(("beam_sum",), dose=DoseModel()), BeamArrangement((0.0, 180.0)))
     assert out["beam_sum"].max() == 2
+
+
+def test_dicom_patient_records_its_rtplan_and_mddose_plans_mean_config(tmp_path):
+    """The DICOM reader records the RTPLAN path; the beamless plan mddose writes counts as no plan, a plan
+    with beams gives its fields."""
+    from mddose.data.formats.dicom.read import read_dicom_patient
+    from mddose.data.formats.dicom.write import write_dicom_patient
+    from mddose.data.priors import patient_rtplan
+
+    write_dicom_patient(make_phantom(0, 32), tmp_path / "pt")
+    q = read_dicom_patient(tmp_path / "pt")
+    plan = patient_rtplan(q.meta)
+    assert plan is not None and plan.name == "RTPLAN.dcm"
+    default = BeamArrangement.openkbp_default()
+    assert arrangement_for(plan, default) is default
+    assert patient_rtplan({}) is None
+    ds = pydicom.dcmread(plan)
+    ds.BeamSequence = pydicom.dcmread(get_testdata_file("rtplan.dcm"), force=True).BeamSequence
+    ds.save_as(plan, enforce_file_format=True)
+    assert arrangement_for(plan, default).gantry_deg == (0.0,)

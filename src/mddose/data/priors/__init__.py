@@ -31,7 +31,14 @@ from typing import Any, Mapping
 import numpy as np
 
 from mddose.data.patient import Patient
-from mddose.data.priors.beams import BeamArrangement, arrangement_for, beam_vectors, from_rtplan, map_angle
+from mddose.data.priors.beams import (
+    BeamArrangement,
+    arrangement_for,
+    beam_vectors,
+    from_rtplan,
+    map_angle,
+    patient_rtplan,
+)
 from mddose.data.priors.distance import signed_distance, target_sdfs
 from mddose.data.priors.prior_dose import DoseModel, hu_to_density, raytrace
 from mddose.data.priors.transforms import AxialTransform, transform_priors
@@ -46,7 +53,7 @@ BODY_HU = -400.0
 __all__ = [
     "PRIOR_KINDS", "AxialTransform", "BeamArrangement", "DoseModel", "PriorsSpec", "arrangement_for",
     "beam_vectors", "channel_names", "compute_priors", "dose_region", "from_rtplan", "hu_to_density",
-    "map_angle", "signed_distance", "target_levels", "transform_priors",
+    "map_angle", "patient_rtplan", "signed_distance", "target_levels", "transform_priors",
 ]
 
 

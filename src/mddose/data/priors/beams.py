@@ -173,6 +173,19 @@ def _float(ds, key: str, default: float | None = None) -> float | None:
     return float(v)
 
 
+def _read_plan(path: Path):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, ValueError, TypeError) as exc:
+        raise MddoseError(f"not a readable DICOM RTPLAN ({exc.__class__.__name__})", path) from None
+    if str(ds.get("Modality", "")).upper() != "RTPLAN":
+        raise MddoseError(f"not an RTPLAN (Modality {ds.get('Modality', '')!r})", path)
+    return ds
+
+
 def from_rtplan(path: str | os.PathLike, sad_mm: float | None = None) -> BeamArrangement:
     """The coplanar fields of a DICOM RTPLAN (``BeamSequence``, or ``IonBeamSequence``).
 
@@ -187,16 +200,11 @@ def from_rtplan(path: str | os.PathLike, sad_mm: float | None = None) -> BeamArr
         non-coplanar field (couch or gantry-pitch angle ≠ 0), an angle that is not a finite number, or an
         unsupported patient position.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     path = Path(path)
-    try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, ValueError, TypeError) as exc:
-        raise MddoseError(f"not a readable DICOM RTPLAN ({exc.__class__.__name__})", path) from None
-    if str(ds.get("Modality", "")).upper() != "RTPLAN":
-        raise MddoseError(f"not an RTPLAN (Modality {ds.get('Modality', '')!r})", path)
+    return _beams_of(_read_plan(path), path, sad_mm)
+
+
+def _beams_of(ds, path: Path, sad_mm: float | None) -> BeamArrangement:
     setups = ds.get("PatientSetupSequence", [])
     position = str(setups[0].get("PatientPosition", "HFS") or "HFS").upper() if setups else "HFS"
     if position not in _POSITION:
@@ -257,17 +265,30 @@ def from_rtplan(path: str | os.PathLike, sad_mm: float | None = None) -> BeamArr
     return BeamArrangement(tuple(hfs), sad, str(path))
 
 
+def patient_rtplan(meta: dict) -> Path | None:
+    """The RTPLAN file a patient was read with (``patient.meta["dicom"]["rtplan"]``, set by the DICOM reader),
+    or None."""
+    path = (meta.get("dicom") or {}).get("rtplan") if isinstance(meta, dict) else None
+    return Path(path) if path else None
+
+
 def arrangement_for(rtplan: str | os.PathLike | None, configured: BeamArrangement, *,
                     strict: bool = True) -> BeamArrangement:
     """The arrangement of a patient: its RTPLAN's fields when it has one, else ``configured``.
 
-    With ``strict=False`` an RTPLAN whose beams can't be used (none, non-coplanar, malformed) logs one line
-    saying so and that ``configured`` is used instead; with ``strict=True`` (default) it raises that error.
+    The beamless RTPLAN that mddose itself writes with a patient (label ``mddose``: prescriptions only)
+    counts as no RTPLAN. With ``strict=False`` an RTPLAN whose beams can't be used (none, non-coplanar,
+    malformed) logs one line saying so and that ``configured`` is used instead; with ``strict=True``
+    (default) it raises that error.
     """
     if rtplan is None:
         return configured
+    path = Path(rtplan)
     try:
-        return from_rtplan(rtplan, None)
+        ds = _read_plan(path)
+        if str(ds.get("RTPlanLabel", "")) == "mddose" and not (ds.get("BeamSequence") or ds.get("IonBeamSequence")):
+            return configured
+        return _beams_of(ds, path, None)
     except MddoseError as exc:
         if strict:
             raise
