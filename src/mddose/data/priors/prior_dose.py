@@ -10,15 +10,17 @@ For each field (see :mod:`.geometry` for the divergent beam frame, :mod:`.beam_m
   i.e. the body surface or the immobilisation mask);
 * **inverse square** ``(SAD / (SAD + d))²`` with ``d`` the distance past the isocentre plane.
 
-Fields are summed with equal weights (optionally, ``modulation_iterations`` > 0 first modulates the
-fluence: :func:`_modulate`, a few projected-gradient steps towards the prescriptions in the targets and low
-dose elsewhere, stopped early on purpose; 3 steps with normal-tissue weight 0.1 were picked on six OpenKBP
-training patients, where they lower the dose score from 9.5 to 7.0 Gy; more steps over-modulate. It spares
-the organs (spinal cord maximum ~43 Gy instead of ~68) but underdoses the lower target levels by ~6 Gy and
-costs ~0.1–0.2 s per step: experimental, off by default); a scatter halo (``scatter_fraction`` of the dose blurred with a
+Fields are summed with equal weights; a scatter halo (``scatter_fraction`` of the dose blurred with a
 Gaussian of σ ``scatter_mm``) is mixed in; the dose is zeroed outside the dose region and scaled so that the
 highest-prescription target's mean (``normalise="mean"``) or D95 (``"d95"``) equals its prescription.
-The isocentre is the targets' centroid (in each axial plane).
+The isocentre is the targets' centroid (in each axial plane). Internal air keeps the dose of its depth.
+
+**Modulation** (experimental, off by default): ``modulation_iterations`` > 0 first modulates the fluence
+(:func:`_modulate`: a few projected-gradient steps towards the prescriptions in the targets and low dose
+elsewhere, stopped early on purpose). 3 steps with normal-tissue weight 0.1 were picked on six OpenKBP
+training patients (dose score 9.5 → 7.0 Gy there; more steps over-modulate). On the validation patients it
+spares the organs (spinal-cord maximum ~43 Gy instead of ~68) but underdoses the lower target levels by
+~6 Gy, and costs ~0.1–0.2 s per step.
 
 CT → relative electron density: piecewise linear through (−1000 HU, 0), (0 HU, 1), (3000 HU, 2.5) — air,
 water, dense bone — clamped outside that range.
@@ -33,9 +35,9 @@ from typing import Mapping
 import numpy as np
 from scipy import ndimage
 
+from mddose.data.patient import prescription_map
 from mddose.data.priors.beam_masks import beam_masks_from_apertures, grow, projections
 from mddose.data.priors.beams import BeamArrangement
-from mddose.data.patient import prescription_map
 from mddose.data.priors.geometry import BeamFrame
 
 #: HU → relative electron density calibration points (HU, density).
@@ -50,7 +52,17 @@ def hu_to_density(hu: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class DoseModel:
-    """Parameters of the prior dose (see the module docstring); all lengths in mm."""
+    """Parameters of the prior dose (see the module docstring); all lengths in mm.
+
+    Attributes:
+        margin_mm: aperture margin around the targets' beam's-eye view (also grows the beam masks).
+        penumbra_mm: σ of the Gaussian penumbra across the aperture edge.
+        mu_per_mm: effective linear attenuation of the primary (6 MV ≈ 0.0045 /mm of water).
+        buildup_mm: build-up length (dose maximum at ~16 mm for the defaults).
+        scatter_fraction, scatter_mm: weight and σ of the scatter halo.
+        normalise: "mean" or "d95" of the highest-prescription target set to its prescription.
+        modulation_iterations, modulation_normal_weight: experimental modulation (0: open fields).
+    """
 
     margin_mm: float = 5.0
     penumbra_mm: float = 3.0
