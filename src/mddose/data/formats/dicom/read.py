@@ -139,6 +139,7 @@ def read_dicom_patient(directory: str | os.PathLike, roi_map: Mapping[str, str |
         except MddoseError as exc:
             raise MddoseError(str(exc), plan[0]) from None
         meta_dicom["rtplan_sop_instance_uid"] = str(plan[1].get("SOPInstanceUID", ""))
+        meta_dicom["rtplan"] = str(plan[0])             # its beams: mddose.data.priors.beams.patient_rtplan
     pdm, pdm_source = _possible_dose_mask(masks, external, ct)
     meta = {"source": str(directory), "format": "dicom", "possible_dose_mask": pdm_source, "dicom": meta_dicom}
     pid = patient_id if patient_id is not None else reader_patient_id(directory)
