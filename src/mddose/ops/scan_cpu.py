@@ -83,12 +83,13 @@ def compile_kernel(cc: str, source: Path, output: Path, defines: tuple[str, ...]
 def _declare(lib: ctypes.CDLL, sfx: str) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     fwd = getattr(lib, f"scan_fwd_{sfx}")
-    fwd.argtypes = [p] * 8 + [i32] + [i64] * 6 + [p] * 3 + [i32]
+    fwd.argtypes = [p] * 8 + [i32] + [i64] * 7 + [p] * 4 + [p] * 3 + [i32]
     fwd.restype = i32
     bwd = getattr(lib, f"scan_bwd_{sfx}")
-    bwd.argtypes = [p] * 8 + [i32] + [i64] * 6 + [p] * 4 + [p] * 8 + [i32]
+    bwd.argtypes = [p] * 8 + [i32] + [i64] * 7 + [p] * 4 + [p] * 4 + [p] * 8 + [i32]
     bwd.restype = i32
     getattr(lib, f"scan_max_state_{sfx}").restype = i32
+    getattr(lib, f"scan_max_directions_{sfx}").restype = i32
     count = getattr(lib, f"scan_count_nonfinite_{sfx}")
     count.argtypes, count.restype = [p, i64], i64
     tr = getattr(lib, f"scan_transpose_{sfx}")
@@ -143,6 +144,15 @@ def load_kernel(dtype: torch.dtype = torch.float32) -> ctypes.CDLL | None:
 
 def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
+
+
+def _layout_args(directions: int, reverse, Bt: Tensor, Ct: Tensor, z: Tensor | None) -> tuple:
+    """The kernel's (K, rev, B strides, C strides, z strides) arguments: ``Bt``/``Ct`` are (B, G, L, N) with
+    N contiguous, ``z`` (B, Dk, L) any strides; ``reverse`` one flag per direction (or None)."""
+    i64x3 = ctypes.c_int64 * 3
+    rev = None if reverse is None else (ctypes.c_byte * len(reverse))(*(1 if r else 0 for r in reverse))
+    zs = None if z is None else i64x3(*z.stride())
+    return (directions, rev, i64x3(*Bt.stride()[:3]), i64x3(*Ct.stride()[:3]), zs)
 
 
 def _sfx(dtype: torch.dtype) -> str:
@@ -211,7 +221,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
             Bt, Ct = (t.repeat_interleave(groups // t.shape[1], dim=1) for t in (Bt, Ct))
         err = getattr(lib, f"scan_fwd_{sfx}")(
             _ptr(u_), _ptr(delta_), _ptr(A_), _ptr(Bt), _ptr(Ct), _ptr(D_), _ptr(z_), _ptr(db_),
-            int(delta_softplus), nb, dim, seqlen, dstate, groups, chunk,
+            int(delta_softplus), nb, dim, seqlen, dstate, groups, chunk, *_layout_args(1, None, Bt, Ct, z_),
             _ptr(out), _ptr(xpre), _ptr(ckpt), torch.get_num_threads())
         if err:
             raise RuntimeError(f"selective_scan CPU kernel failed (code {err})")
@@ -237,7 +247,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
         dD, ddb = torch.empty(nb, dim, dtype=dtype), torch.empty(nb, dim, dtype=dtype)
         err = getattr(lib, f"scan_bwd_{sfx}")(
             _ptr(u_), _ptr(delta_), _ptr(A_), _ptr(Bt), _ptr(Ct), _ptr(D_), _ptr(z_), _ptr(db_),
-            int(softplus), nb, dim, seqlen, dstate, groups, chunk,
+            int(softplus), nb, dim, seqlen, dstate, groups, chunk, *_layout_args(1, None, Bt, Ct, z_),
             _ptr(xpre), _ptr(ckpt), _ptr(dout), _ptr(dlast),
             _ptr(du), _ptr(ddelta), _ptr(dA), _ptr(dBt), _ptr(dCt), _ptr(dD), _ptr(dz), _ptr(ddb),
             torch.get_num_threads())
