@@ -13,6 +13,12 @@ The per-direction parameters (conv, x_proj, dt_proj, A_log, D) live in :class:`S
 bidirectional (Vim) and four-direction (VMamba) mixers can own several branches that share one
 ``in_proj``/``out_proj`` and run all directions in a single scan call (:func:`scan_branches`, which stacks
 the directions along the channel axis and passes B/C in the grouped ``(B, G, N, L)`` form).
+
+:func:`scan_directions` is the copy-free form used by the one- and two-way mixers: every direction works on
+the sequence in its original order (a reversed direction's causal conv becomes an anti-causal one with the
+kernel flipped), the directions' projections are batched matmuls whose outputs the scan reads through
+strides (:func:`mddose.ops.scan_multi.selective_scan_multi`), and the gated sum of the directions comes out
+of the scan directly. :func:`scan_directions_ref` is its plain twin (flipped copies, one branch at a time).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mddose.ops import selective_scan
+from mddose.ops.scan_multi import selective_scan_multi
 
 
 def resolve_dt_rank(dt_rank: int | str, d_model: int) -> int:
@@ -125,6 +132,96 @@ def scan_branches(parts: list[ScanInputs], z: list[Tensor] | None = None) -> lis
     return list(torch.split(out, dim, dim=1))
 
 
+def conv_silu(branch: SSMBranch, x: Tensor, reverse: bool = False) -> Tensor:
+    """silu(causal depthwise conv) of ``x: (B, d_inner, L)`` in the direction's scan order, returned in the
+    original order: for ``reverse`` the conv runs on the flipped sequence, i.e. it is anti-causal with the
+    kernel flipped (no flipped copy of ``x``). No conv (``d_conv=0``): ``x`` itself."""
+    conv = branch.conv1d
+    if conv is None:
+        return x
+    seqlen, k = x.shape[-1], conv.kernel_size[0]
+    if not reverse:
+        return F.silu(conv(x)[..., :seqlen])
+    y = F.conv1d(x, conv.weight.flip(-1), conv.bias, padding=k - 1, groups=conv.groups)
+    return F.silu(y[..., k - 1:])
+
+
+def scan_directions(branches: list[SSMBranch], x: Tensor, z: Tensor | None, reverse: tuple[bool, ...]) -> Tensor:
+    """Run one :class:`SSMBranch` per direction over ``x: (B, d_inner, L)`` (original order) and return the
+    sum of their outputs gated by ``z: (B, d_inner, L)`` (any strides): ``(B, d_inner, L)``.
+
+    Direction k scans from the end if ``reverse[k]``. Same result as :func:`scan_directions_ref`, without
+    the flipped / concatenated / transposed copies (see the module docstring).
+    """
+    k = len(branches)
+    nb, dim, seqlen = x.shape
+    br0 = branches[0]
+    rank, dstate = br0.dt_rank, br0.d_state
+    x = x.contiguous() if k > 1 else x                                        # one copy for all convs
+    u = torch.cat([conv_silu(br, x, rev) for br, rev in zip(branches, reverse)], 1) if k > 1 \
+        else conv_silu(br0, x, reverse[0])                                       # (B, K*Di, L)
+    w_x = torch.stack([br.x_proj.weight for br in branches]) if k > 1 else br0.x_proj.weight[None]
+    x_dbl = torch.matmul(u.view(nb, k, dim, seqlen).transpose(-1, -2), w_x.transpose(-1, -2))  # (B, K, L, R+2N)
+    w_dt = torch.stack([br.dt_proj.weight for br in branches]) if k > 1 else br0.dt_proj.weight[None]
+    delta = torch.matmul(w_dt, x_dbl[..., :rank].transpose(-1, -2))             # (B, K, Di, L)
+    cat = (lambda ts: torch.cat(ts, 0)) if k > 1 else (lambda ts: ts[0])         # noqa: E731
+    return selective_scan_multi(
+        u, delta.reshape(nb, k * dim, seqlen), cat([-torch.exp(br.A_log.float()) for br in branches]),
+        x_dbl[..., rank:rank + dstate], x_dbl[..., rank + dstate:], cat([br.D.float() for br in branches]),
+        z=z, delta_bias=cat([br.dt_proj.bias.float() for br in branches]), delta_softplus=True, reverse=reverse)
+
+
+def scan_directions_ref(branches: list[SSMBranch], x: Tensor, z: Tensor | None, reverse: tuple[bool, ...]) -> Tensor:
+    """Plain twin of :func:`scan_directions`: flip the sequence (and gate) of a reversed direction, run the
+    branch (:meth:`SSMBranch.prepare`, :func:`scan_branches`), flip its output back, sum."""
+    total = None
+    for br, rev in zip(branches, reverse):
+        xs, zs = (x.flip(-1), None if z is None else z.flip(-1)) if rev else (x, z)
+        (y,) = scan_branches([br.prepare(xs)], None if zs is None else [zs])
+        y = y.flip(-1) if rev else y
+        total = y if total is None else total + y
+    return total
+
+
+#: "fast" = :func:`scan_directions`; "ref" = :func:`scan_directions_ref` (tests compare them on real weights)
+MIXER_PATHS = ("fast", "ref")
+
+
+def mixer_path() -> str:
+    """The mixers' scan path: ``$MDDOSE_MIXER_PATH`` ("fast", default, or "ref")."""
+    import os
+
+    path = os.environ.get("MDDOSE_MIXER_PATH", "fast").strip().lower() or "fast"
+    if path not in MIXER_PATHS:
+        raise ValueError(f"$MDDOSE_MIXER_PATH={path!r} is not one of {', '.join(MIXER_PATHS)}")
+    return path
+
+
+def in_projection(lin: nn.Linear, x: Tensor) -> Tensor:
+    """``lin(x)`` for ``x: (B, L, C)`` computed directly in the channels-first layout: ``(B, out, L)``."""
+    y = torch.matmul(lin.weight, x.transpose(1, 2))
+    return y if lin.bias is None else y + lin.bias[:, None]
+
+
+def out_projection(lin: nn.Linear, y: Tensor) -> Tensor:
+    """``lin`` applied to the channels of ``y: (B, C, L)``, returned as ``(B, L, out)`` (a transposed view)."""
+    out = torch.matmul(lin.weight, y).transpose(1, 2)
+    return out if lin.bias is None else out + lin.bias
+
+
+def run_mixer(in_proj: nn.Linear, out_proj: nn.Linear, branches: list[SSMBranch], x: Tensor,
+              reverse: tuple[bool, ...]) -> Tensor:
+    """The one- or multi-direction Mamba mixer on ``x: (B, L, C)`` (shared in/out projections, gate z)."""
+    d_inner = branches[0].d_inner
+    if mixer_path() == "ref":
+        xz = in_proj(x).transpose(1, 2)                                          # (B, 2*d_inner, L)
+        xs, z = xz.chunk(2, dim=1)
+        return out_proj(scan_directions_ref(branches, xs, z, reverse).transpose(1, 2))
+    xz = in_projection(in_proj, x)                                               # (B, 2*d_inner, L)
+    y = scan_directions(branches, xz[:, :d_inner], xz[:, d_inner:], reverse)     # (B, d_inner, L)
+    return out_projection(out_proj, y)
+
+
 class MambaMixer(nn.Module):
     """One-directional (causal) Mamba mixer. ``forward(x: (B, L, d_model)) -> (B, L, d_model)``."""
 
@@ -155,7 +252,4 @@ class MambaMixer(nn.Module):
         """x: (B, L, d_model) → (B, L, d_model)."""
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"MambaMixer: expected (B, L, {self.d_model}), got {tuple(x.shape)}")
-        xz = self.in_proj(x).transpose(1, 2)                                      # (B, 2*d_inner, L)
-        xs, z = xz.chunk(2, dim=1)
-        (y,) = scan_branches([self.ssm.prepare(xs)], [z])
-        return self.out_proj(y.transpose(1, 2))
+        return run_mixer(self.in_proj, self.out_proj, [self.ssm], x, (False,))
