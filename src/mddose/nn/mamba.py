@@ -157,11 +157,12 @@ def scan_directions(branches: list[SSMBranch], x: Tensor, z: Tensor | None, reve
     nb, dim, seqlen = x.shape
     br0 = branches[0]
     rank, dstate = br0.dt_rank, br0.d_state
-    x = x.contiguous() if k > 1 else x                                        # one copy for all convs
     u = torch.cat([conv_silu(br, x, rev) for br, rev in zip(branches, reverse)], 1) if k > 1 \
         else conv_silu(br0, x, reverse[0])                                       # (B, K*Di, L)
     w_x = torch.stack([br.x_proj.weight for br in branches]) if k > 1 else br0.x_proj.weight[None]
-    x_dbl = torch.matmul(u.view(nb, k, dim, seqlen).transpose(-1, -2), w_x.transpose(-1, -2))  # (B, K, L, R+2N)
+    # (K, R+2N, Di) @ (B, K, Di, L): u's gradient comes out contiguous (depthwise-conv backward is ~50x slower
+    # on a transposed gradient); the small (R+2N)-row result is then laid out (B, K, L, R+2N) for the scan
+    x_dbl = torch.matmul(w_x, u.view(nb, k, dim, seqlen)).transpose(-1, -2).contiguous()   # (B, K, L, R+2N)
     w_dt = torch.stack([br.dt_proj.weight for br in branches]) if k > 1 else br0.dt_proj.weight[None]
     delta = torch.matmul(w_dt, x_dbl[..., :rank].transpose(-1, -2))             # (B, K, Di, L)
     cat = (lambda ts: torch.cat(ts, 0)) if k > 1 else (lambda ts: ts[0])         # noqa: E731
@@ -197,15 +198,10 @@ def mixer_path() -> str:
     return path
 
 
-def in_projection(lin: nn.Linear, x: Tensor) -> Tensor:
-    """``lin(x)`` for ``x: (B, L, C)`` computed directly in the channels-first layout: ``(B, out, L)``."""
-    y = torch.matmul(lin.weight, x.transpose(1, 2))
-    return y if lin.bias is None else y + lin.bias[:, None]
-
-
 def out_projection(lin: nn.Linear, y: Tensor) -> Tensor:
-    """``lin`` applied to the channels of ``y: (B, C, L)``, returned as ``(B, L, out)`` (a transposed view)."""
-    out = torch.matmul(lin.weight, y).transpose(1, 2)
+    """``lin`` applied to the channels of ``y: (B, C, L)``: ``(B, L, out)`` contiguous (the product is taken
+    channels-first, so ``y`` is not copied and its gradient comes back contiguous for the scan)."""
+    out = torch.matmul(lin.weight, y).transpose(1, 2).contiguous()
     return out if lin.bias is None else out + lin.bias
 
 
@@ -217,8 +213,9 @@ def run_mixer(in_proj: nn.Linear, out_proj: nn.Linear, branches: list[SSMBranch]
         xz = in_proj(x).transpose(1, 2)                                          # (B, 2*d_inner, L)
         xs, z = xz.chunk(2, dim=1)
         return out_proj(scan_directions_ref(branches, xs, z, reverse).transpose(1, 2))
-    xz = in_projection(in_proj, x)                                               # (B, 2*d_inner, L)
-    y = scan_directions(branches, xz[:, :d_inner], xz[:, d_inner:], reverse)     # (B, d_inner, L)
+    xz = in_proj(x).transpose(1, 2)                                              # (B, 2*d_inner, L) view
+    # x is copied once (channels-first, for the convs); the scan reads the gate z through its strides
+    y = scan_directions(branches, xz[:, :d_inner].contiguous(), xz[:, d_inner:], reverse)   # (B, d_inner, L)
     return out_projection(out_proj, y)
 
 

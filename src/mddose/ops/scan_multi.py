@@ -48,6 +48,23 @@ def check_multi_inputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
         raise ValueError(f"selective_scan_multi: z must be ({bsz}, {dim // k}, {seqlen}), got {tuple(z.shape)}")
 
 
+def _check_finite_views(named: list[tuple[str, Tensor]]) -> None:
+    """:func:`mddose.ops.scan_cpu.check_finite_cpu`, screening a strided view through its dense base tensor
+    (one kernel pass instead of an ``isfinite`` temporary); the view itself is checked only if the base fails."""
+    from mddose.ops import scan_cpu
+
+    for name, t in named:
+        base = getattr(t, "_base", None)
+        if scan_cpu._dense(t) is None and base is not None and base.dtype == t.dtype and base.device == t.device \
+                and scan_cpu._dense(base) is not None:
+            try:
+                scan_cpu.check_finite_cpu([(name, base)])
+                continue
+            except ValueError:
+                pass
+        scan_cpu.check_finite_cpu([(name, t)])
+
+
 def _composed(scan, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse) -> Tensor:
     """The definition: each direction through ``scan`` (flipped copies for reversed ones), summed, gated."""
     k = len(reverse)
@@ -103,7 +120,7 @@ def selective_scan_multi(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
         from mddose.ops import scan_cpu
         from mddose.ops.scan_ref import named_inputs
 
-        scan_cpu.check_finite_cpu(named_inputs(u, delta, A, B, C, D, z, delta_bias))
+        _check_finite_views(named_inputs(u, delta, A, B, C, D, z, delta_bias))
         log_once(f"scan-multi-{name}", "mddose: selective_scan_multi uses the 'cpu' kernel (directions in one "
                  "call, no copies)", logging.INFO)
         return scan_cpu.selective_scan_multi_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
