@@ -160,8 +160,8 @@ def scan_directions(branches: list[SSMBranch], x: Tensor, z: Tensor | None, reve
     u = torch.cat([conv_silu(br, x, rev) for br, rev in zip(branches, reverse)], 1) if k > 1 \
         else conv_silu(br0, x, reverse[0])                                       # (B, K*Di, L)
     w_x = torch.stack([br.x_proj.weight for br in branches]) if k > 1 else br0.x_proj.weight[None]
-    # (K, R+2N, Di) @ (B, K, Di, L): u's gradient comes out contiguous (depthwise-conv backward is ~50x slower
-    # on a transposed gradient); the small (R+2N)-row result is then laid out (B, K, L, R+2N) for the scan
+    # (K, R+2N, Di) @ (B, K, Di, L): u's gradient comes out contiguous (no transposed gradient through the cat
+    # and silu backwards); the small (R+2N)-row result is then laid out (B, K, L, R+2N) for the scan
     x_dbl = torch.matmul(w_x, u.view(nb, k, dim, seqlen)).transpose(-1, -2).contiguous()   # (B, K, L, R+2N)
     w_dt = torch.stack([br.dt_proj.weight for br in branches]) if k > 1 else br0.dt_proj.weight[None]
     delta = torch.matmul(w_dt, x_dbl[..., :rank].transpose(-1, -2))             # (B, K, Di, L)
@@ -214,8 +214,9 @@ def run_mixer(in_proj: nn.Linear, out_proj: nn.Linear, branches: list[SSMBranch]
         xs, z = xz.chunk(2, dim=1)
         return out_proj(scan_directions_ref(branches, xs, z, reverse).transpose(1, 2))
     xz = in_proj(x).transpose(1, 2)                                              # (B, 2*d_inner, L) view
-    # x is copied once (channels-first, for the convs); the scan reads the gate z through its strides
-    y = scan_directions(branches, xz[:, :d_inner].contiguous(), xz[:, d_inner:], reverse)   # (B, d_inner, L)
+    # the convs read x as this channels-last view: PyTorch's depthwise conv1d is ~10x (forward) and ~300x
+    # (backward) slower on a contiguous channels-first copy; the scan reads the gate z through its strides
+    y = scan_directions(branches, xz[:, :d_inner], xz[:, d_inner:], reverse)     # (B, d_inner, L)
     return out_projection(out_proj, y)
 
 
