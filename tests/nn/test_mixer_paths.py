@@ -86,3 +86,16 @@ def test_shipped_checkpoint_outputs_unchanged(monkeypatch):
             outs[path] = model(x, t, c)
     scale = float(outs["ref"].abs().max())
     torch.testing.assert_close(outs["fast"], outs["ref"], rtol=1e-4, atol=2e-5 * scale)
+
+
+@pytest.mark.parametrize("d_conv", [1, 2, 4])
+@pytest.mark.parametrize("reverse", [(False,), (True,), (False, True)])
+def test_shift_conv_equals_the_conv_layers(d_conv, reverse):
+    from mddose.nn.mamba import SSMBranch, shift_conv_silu
+
+    torch.manual_seed(0)
+    branches = [SSMBranch(6, 4, d_conv=d_conv) for _ in reverse]
+    base = torch.randn(2, 23, 12)
+    x = base[..., :6].transpose(1, 2)                     # the mixer's channels-last view
+    expected = torch.cat([conv_silu(br, x, rev) for br, rev in zip(branches, reverse)], 1)
+    torch.testing.assert_close(shift_conv_silu(branches, x, reverse), expected, rtol=1e-5, atol=1e-6)
