@@ -99,3 +99,14 @@ def test_shift_conv_equals_the_conv_layers(d_conv, reverse):
     x = base[..., :6].transpose(1, 2)                     # the mixer's channels-last view
     expected = torch.cat([conv_silu(br, x, rev) for br, rev in zip(branches, reverse)], 1)
     torch.testing.assert_close(shift_conv_silu(branches, x, reverse), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("reverse", [(False,), (False, True)])
+def test_shift_conv_gradcheck_float64(reverse):
+    from mddose.nn.mamba import _ShiftConv
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 9, generator=g, dtype=torch.float64).requires_grad_()
+    w = torch.randn(len(reverse), 3, 4, generator=g, dtype=torch.float64).requires_grad_()
+    b = torch.randn(len(reverse), 3, generator=g, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda *a: _ShiftConv.apply(*a, reverse), (x, w, b))

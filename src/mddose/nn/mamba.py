@@ -146,24 +146,59 @@ def conv_silu(branch: SSMBranch, x: Tensor, reverse: bool = False) -> Tensor:
     return F.silu(y[..., k - 1:])
 
 
+class _ShiftConv(torch.autograd.Function):
+    """Depthwise causal (or, reversed, anti-causal with the kernel flipped) conv of ``x: (B, Di, L)`` for K
+    directions at once, as in-place multiply-adds of shifted slices of one padded copy; manual backward."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, reverse):   # w: (K, Di, k), b: (K, Di) or None → (B, K*Di, L)
+        nb, dim, seqlen = x.shape
+        k = w.shape[-1]
+        xp = F.pad(x, (k - 1, k - 1)).contiguous()                                # (B, Di, L + 2(k-1))
+        out = x.new_empty(nb, len(reverse), dim, seqlen)
+        for i, rev in enumerate(reverse):
+            o = out[:, i]
+            if b is None:
+                o.zero_()
+            else:
+                o.copy_(b[i, :, None].expand_as(o))
+            for j in range(k):
+                s = 2 * (k - 1) - j if rev else j
+                o.addcmul_(xp[..., s:s + seqlen], w[i, :, j, None])
+        ctx.save_for_backward(xp, w)
+        ctx.meta = (reverse, b is not None, seqlen)
+        return out.view(nb, len(reverse) * dim, seqlen)
+
+    @staticmethod
+    def backward(ctx, grad):
+        xp, w = ctx.saved_tensors
+        reverse, has_b, seqlen = ctx.meta
+        k = w.shape[-1]
+        g = grad.reshape(xp.shape[0], len(reverse), xp.shape[1], seqlen)
+        gxp = torch.zeros_like(xp) if ctx.needs_input_grad[0] else None
+        dw = torch.empty_like(w) if ctx.needs_input_grad[1] else None
+        for i, rev in enumerate(reverse):
+            gi = g[:, i]
+            for j in range(k):
+                s = 2 * (k - 1) - j if rev else j
+                if gxp is not None:
+                    gxp[..., s:s + seqlen].addcmul_(gi, w[i, :, j, None])
+                if dw is not None:
+                    dw[i, :, j] = (gi * xp[..., s:s + seqlen]).sum((0, 2))
+        db = g.sum((0, 3)) if has_b and ctx.needs_input_grad[2] else None
+        gx = None if gxp is None else gxp[..., k - 1:k - 1 + seqlen]
+        return gx, dw, db, None
+
+
 def shift_conv_silu(branches: list[SSMBranch], x: Tensor, reverse: tuple[bool, ...]) -> Tensor:
     """All directions' :func:`conv_silu`, stacked on channels ``(B, K*d_inner, L)``, as d_conv shifted multiply-adds
-    on one padded copy of ``x`` (the depthwise conv's taps are few; PyTorch's depthwise conv1d backward is
-    slow on a CPU). Same result as ``cat([conv_silu(br, x, rev) ...])``."""
-    k = branches[0].conv1d.kernel_size[0]
-    seqlen = x.shape[-1]
-    xp = F.pad(x, (k - 1, k - 1))                                                # (B, Di, L + 2(k-1)), contiguous
-    outs = []
-    for br, rev in zip(branches, reverse):
-        w, b = br.conv1d.weight[:, 0], br.conv1d.bias                          # (Di, k), (Di,)
-        # causal: y_l = sum_j w_j x_{l-(k-1)+j};  reversed (anti-causal, kernel flipped): y_l = sum_j w_j x_{l+(k-1)-j}
-        y = None
-        for j in range(k):
-            start = j if not rev else 2 * (k - 1) - j
-            term = xp[..., start:start + seqlen] * w[:, j, None]
-            y = term if y is None else y + term
-        outs.append(y if b is None else y + b[:, None])
-    return F.silu(torch.cat(outs, 1) if len(outs) > 1 else outs[0])
+    on one padded copy of ``x`` (:class:`_ShiftConv`; the depthwise conv has few taps, and PyTorch's depthwise
+    conv1d backward is slow on a CPU). Same result as ``cat([conv_silu(br, x, rev) ...])``."""
+    w = torch.stack([br.conv1d.weight[:, 0] for br in branches])                # (K, Di, k)
+    biases = [br.conv1d.bias for br in branches]
+    b = None if all(v is None for v in biases) else \
+        torch.stack([w.new_zeros(w.shape[1]) if v is None else v for v in biases])          # (K, Di)
+    return F.silu(_ShiftConv.apply(x, w, b, tuple(reverse)))
 
 
 def scan_directions(branches: list[SSMBranch], x: Tensor, z: Tensor | None, reverse: tuple[bool, ...]) -> Tensor:
