@@ -148,10 +148,12 @@ def test_non_finite_input_raises():
         selective_scan_multi(*scan_args(lv), backend="cpu")
 
 
-def test_non_finite_outside_a_strided_view_is_ignored_and_inside_detected():
+@pytest.mark.parametrize("inference", [False, True])
+def test_non_finite_outside_a_strided_view_is_ignored_and_inside_detected(inference):
     lv = make_leaves()
     lv["x_dbl"][0, 0, 0, 0] = float("nan")     # in the dt columns: not part of B or C
-    selective_scan_multi(*scan_args(lv), backend="cpu")
-    lv["x_dbl"][0, 1, 2, 3 + 1] = float("inf")  # inside B
-    with pytest.raises(ValueError, match="B contains NaN"):
+    with torch.inference_mode(inference):
         selective_scan_multi(*scan_args(lv), backend="cpu")
+        lv["x_dbl"][0, 1, 2, 3 + 1] = float("inf")  # inside B
+        with pytest.raises(ValueError, match="B contains NaN"):
+            selective_scan_multi(*scan_args(lv), backend="cpu")

@@ -193,7 +193,8 @@ class _ShiftConv(torch.autograd.Function):
 def shift_conv_silu(branches: list[SSMBranch], x: Tensor, reverse: tuple[bool, ...]) -> Tensor:
     """All directions' :func:`conv_silu`, stacked on channels ``(B, K*d_inner, L)``, as d_conv shifted multiply-adds
     on one padded copy of ``x`` (:class:`_ShiftConv`; the depthwise conv has few taps, and PyTorch's depthwise
-    conv1d backward is slow on a CPU). Same result as ``cat([conv_silu(br, x, rev) ...])``."""
+    conv1d backward is slow on a CPU). Same result as ``cat([conv_silu(br, x, rev) ...])``; used when gradients
+    are recorded (without them the conv layers' forward on the channels-last view is faster)."""
     w = torch.stack([br.conv1d.weight[:, 0] for br in branches])                # (K, Di, k)
     biases = [br.conv1d.bias for br in branches]
     b = None if all(v is None for v in biases) else \
@@ -212,7 +213,7 @@ def scan_directions(branches: list[SSMBranch], x: Tensor, z: Tensor | None, reve
     nb, dim, seqlen = x.shape
     br0 = branches[0]
     rank, dstate = br0.dt_rank, br0.d_state
-    if br0.conv1d is not None and all(br.conv1d is not None for br in branches):
+    if torch.is_grad_enabled() and all(br.conv1d is not None for br in branches):
         u = shift_conv_silu(branches, x, reverse)                                # (B, K*Di, L)
     else:
         u = torch.cat([conv_silu(br, x, rev) for br, rev in zip(branches, reverse)], 1) if k > 1 \

@@ -48,17 +48,24 @@ def check_multi_inputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
         raise ValueError(f"selective_scan_multi: z must be ({bsz}, {dim // k}, {seqlen}), got {tuple(z.shape)}")
 
 
+def _span(t: Tensor) -> Tensor | None:
+    """The dense 1-D run of memory a view with non-negative strides lies in (it may include other elements)."""
+    if any(st < 0 for st in t.stride()):
+        return None
+    n = 1 + sum((sz - 1) * st for sz, st in zip(t.shape, t.stride()))
+    return torch.as_strided(t, (n,), (1,))
+
+
 def _check_finite_views(named: list[tuple[str, Tensor]]) -> None:
-    """:func:`mddose.ops.scan_cpu.check_finite_cpu`, screening a strided view through its dense base tensor
-    (one kernel pass instead of an ``isfinite`` temporary); the view itself is checked only if the base fails."""
+    """:func:`mddose.ops.scan_cpu.check_finite_cpu`, screening a strided view through the memory span it lies in
+    (one kernel pass instead of an ``isfinite`` temporary); the view itself is checked only if the span fails."""
     from mddose.ops import scan_cpu
 
     for name, t in named:
-        base = getattr(t, "_base", None)
-        if scan_cpu._dense(t) is None and base is not None and base.dtype == t.dtype and base.device == t.device \
-                and scan_cpu._dense(base) is not None:
+        span = _span(t) if scan_cpu._dense(t) is None else None
+        if span is not None:
             try:
-                scan_cpu.check_finite_cpu([(name, base)])
+                scan_cpu.check_finite_cpu([(name, span)])
                 continue
             except ValueError:
                 pass
