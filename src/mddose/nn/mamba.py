@@ -273,9 +273,10 @@ def run_mixer(in_proj: nn.Linear, out_proj: nn.Linear, branches: list[SSMBranch]
         xs, z = xz.chunk(2, dim=1)
         return out_proj(scan_directions_ref(branches, xs, z, reverse).transpose(1, 2))
     xz = in_proj(x).transpose(1, 2)                                              # (B, 2*d_inner, L) view
-    # the convs read x as this channels-last view: PyTorch's depthwise conv1d is ~10x (forward) and ~300x
-    # (backward) slower on a contiguous channels-first copy; the scan reads the gate z through its strides
-    y = scan_directions(branches, xz[:, :d_inner], xz[:, d_inner:], reverse)     # (B, d_inner, L)
+    # the convs read x as this channels-last view (PyTorch's depthwise conv1d is ~10x (forward) and ~300x
+    # (backward) slower on a contiguous channels-first copy); z is copied channels-first once: the kernel could
+    # read it through its strides, but one transposing copy is cheaper than L strided reads per row, twice
+    y = scan_directions(branches, xz[:, :d_inner], xz[:, d_inner:].contiguous(), reverse)   # (B, d_inner, L)
     return out_projection(out_proj, y)
 
 
