@@ -351,7 +351,7 @@ def test_bfloat16_computes_in_float32():
 
 # --------------------------------------------------------------------------- benchmark helpers (bench/scan.py)
 
-@pytest.mark.parametrize("impl", ["reference", "fast", "mambapy"])
+@pytest.mark.parametrize("impl", ["reference", "fast", "torch", "mambapy"])
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 def test_bench_case_runs(impl, mode):
     from mddose.bench import scan as bench
@@ -366,7 +366,8 @@ def test_bench_skips_by_extrapolation_and_formats(monkeypatch, capsys):
 
     from mddose.bench import scan as bench
 
-    fake = {"reference": (2000.0, 100.0), "fast": (1.0, 1.0), "mambapy": (10.0, 50.0)}  # ms, MB at L=1024
+    fake = {"reference": (2000.0, 100.0), "fast": (1.0, 1.0), "torch": (100.0, 100.0),
+            "mambapy": (10.0, 50.0)}  # ms, MB at L=1024
     calls = []
 
     def fake_case(impl, mode, batch, seqlen, args):
@@ -383,7 +384,7 @@ def test_bench_skips_by_extrapolation_and_formats(monkeypatch, capsys):
     table = capsys.readouterr().out
     assert ("reference", "fwd", 16384) not in calls and ("mambapy", "fwd", 16384) in calls
     assert ("fast", "fwd+bwd", 16384) in calls
-    assert "skipped" in table and "10.0x" in table and "0.020" in table
+    assert "skipped" in table and "10.0x" in table and "0.020" in table and "20.0" in table  # ref/torch
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])

@@ -5,7 +5,8 @@ Sections (``--sections``, default all that can run):
 * ``iter``: parameters and seconds per denoiser iteration (one forward pass, batch 1, no grad) of
   ``md-dose`` presets ``paper`` at 128² and 256² and ``small`` at 128² (the paper's Table 2 reports
   0.18 s/iteration on an RTX 3090).
-* ``train``: training throughput (slices/s, forward + backward + Adam step) of ``small`` at 128², batch 8.
+* ``train``: training throughput (slices/s, forward + backward + Adam step) of ``small`` at 128², batch 8,
+  of MD-Dose and of the 2D models it is compared with (SP-DiffDose, DiffDP), in one run, with the ratios.
 * ``patient``: whole-patient prediction of one real OpenKBP patient (128³) with the shipped checkpoint
   ``openkbp-small`` (or ``--checkpoint``; an untrained ``small`` model where neither exists — speed does not
   depend on the weights) and the default sampler and batch (``mddose predict`` without options: the
@@ -15,6 +16,9 @@ Sections (``--sections``, default all that can run):
   and seconds per iteration (2D diffusion: one denoiser call at 256², batch 1; 3D: one forward of a
   128³ volume), all in one run, with the ratios MD-Dose / SP-DiffDose and MD-Dose / DiffDP beside the
   paper's 0.60 and 0.72 (see :mod:`mddose.bench.table2`).
+* ``profile`` (not in the default set): where the time goes — torch-profiler shares (scan forward /
+  backward, projections, convolutions, norms, layout copies, ...) of one training step and one denoiser call
+  of each 2D diffusion model, ``small`` at 128² and ``paper`` at 256² (see :mod:`mddose.bench.step_profile`).
 * ``steps``: dose score (MAE in Gy inside the possible-dose mask) against the number of sampler steps
   (DDPM 1000, DDIM 100 / 50 / 20 / 10, DPM-Solver++ 20 / 10) on held-out phantoms, with a trained
   checkpoint given by ``--checkpoint`` (e.g. the demo's ``mddose-demo/checkpoint``).
@@ -28,10 +32,12 @@ import time
 from pathlib import Path
 
 SECTIONS = ("iter", "train", "patient", "table2", "steps")
+#: sections run only when named (slow or diagnostic)
+EXTRA_SECTIONS = ("profile",)
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS + EXTRA_SECTIONS, default=list(SECTIONS))
     parser.add_argument("--checkpoint", help="trained checkpoint (folder or shipped name) for 'steps' (skipped "
                         "without) and 'patient' (default: the shipped openkbp-small)")
     parser.add_argument("--data", help="OpenKBP patient for 'patient' (default ../shared/openkbp/validation-pats/pt_201)")
@@ -67,26 +73,37 @@ def bench_iter(repeats: int) -> list[dict]:
     return rows
 
 
-def bench_train(repeats: int, batch: int = 8, size: int = 128) -> dict:
+def bench_train(repeats: int, batch: int = 8, size: int = 128,
+                models: tuple[str, ...] = ("md-dose", "sp-diffdose", "diffdp")) -> list[dict]:
+    """Training step (forward + backward + Adam) of each model's ``small`` preset, in one run; MD-Dose's row
+    carries its time ratio to each other model."""
     import torch
 
     from mddose.diffusion import GaussianDiffusion
     from mddose.models import build_model
 
-    model = build_model("md-dose", preset="small", in_channels=9)
-    opt = torch.optim.Adam(model.parameters(), 1e-4)
-    diff = GaussianDiffusion()
-    x0, c = torch.rand(batch, 1, size, size), torch.randn(batch, 9, size, size)
+    rows = []
+    for name in models:
+        torch.manual_seed(0)
+        model = build_model(name, preset="small", in_channels=9)
+        opt = torch.optim.Adam(model.parameters(), 1e-4)
+        diff = GaussianDiffusion()
+        x0, c = torch.rand(batch, 1, size, size), torch.randn(batch, 9, size, size)
 
-    def step():
-        loss = diff.loss(model, x0, c)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        def step():
+            loss = diff.loss(model, x0, c)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
 
-    s = _time(step, repeats)
-    return {"preset": "small", "size": size, "batch": batch, "s_per_step": round(s, 3),
-            "slices_per_s": round(batch / s, 2)}
+        s = _time(step, repeats)
+        rows.append({"model": name, "preset": "small", "size": size, "batch": batch, "s_per_step": round(s, 3),
+                     "slices_per_s": round(batch / s, 2)})
+    md = next((r for r in rows if r["model"] == "md-dose"), None)
+    if md is not None:
+        md["ratios"] = {f"md-dose/{r['model']}": round(md["s_per_step"] / r["s_per_step"], 2)
+                        for r in rows if r is not md}
+    return rows
 
 
 def _default_patient() -> Path:
@@ -205,6 +222,9 @@ def run(args) -> int:
     if "table2" in args.sections:
         from mddose.bench.table2 import bench_table2
         res["table2"] = bench_table2(args.repeats, progress=not args.json)
+    if "profile" in args.sections:
+        from mddose.bench.step_profile import bench_profile
+        res["profile"] = bench_profile(progress=not args.json)
     if "steps" in args.sections:
         if args.checkpoint:
             from mddose.train.shipped import resolve_checkpoint
@@ -215,10 +235,14 @@ def run(args) -> int:
         print(json.dumps(res, indent=2))
         return 0
     print(res["machine"])
-    for key in SECTIONS:
+    for key in SECTIONS + EXTRA_SECTIONS:
         if key not in res:
             continue
         print(f"\n[{key}]")
+        if key == "profile":
+            from mddose.bench.step_profile import format_profile
+            print(format_profile(res[key]))
+            continue
         if key == "table2":
             from mddose.bench.table2 import format_table2
             print(format_table2(res[key]))

@@ -1,4 +1,5 @@
-"""``mddose bench scan`` — selective scan: reference vs fast CPU kernel vs mambapy's parallel scan.
+"""``mddose bench scan`` — selective scan: reference vs fast CPU kernel vs the chunked ``torch`` backend vs
+mambapy's parallel scan (and mamba-ssm's CUDA kernel with ``--device cuda``).
 
 Every case (implementation × forward / forward+backward × batch × L) runs in a fresh subprocess
 (``python -m mddose.bench.scan --worker ...``) which reports:
@@ -7,7 +8,8 @@ Every case (implementation × forward / forward+backward × batch × L) runs in 
   second are repeated for about a second, at most 50 times; a single call when the warm-up already
   took over a second, none beyond the warm-up when it took over ``--max-seconds``/3);
 * peak memory: ``ru_maxrss`` after the warm-up call minus ``ru_maxrss`` just before it, i.e. the
-  extra resident memory of one call over a baseline taken after imports and input creation.
+  extra resident memory of one call over a baseline taken after imports and input creation (on CUDA:
+  ``torch.cuda.max_memory_allocated`` growth; times there are synchronised).
 
 Cases whose time or memory, extrapolated linearly in batch × L from the same implementation and
 mode at a smaller size, would exceed ``--max-seconds`` per call or ``--max-memory-gb`` are skipped (shown with the
@@ -24,7 +26,8 @@ import os
 import subprocess
 import sys
 
-IMPLS = ("reference", "fast", "mambapy")
+IMPLS = ("reference", "fast", "torch", "mambapy", "mamba-ssm")
+DEFAULT_IMPLS = {"cpu": ("reference", "fast", "torch", "mambapy"), "cuda": ("reference", "torch", "mambapy", "mamba-ssm")}
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -36,7 +39,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dim", type=int, default=192, help="channels D (default 192)")
     parser.add_argument("--state", type=int, default=16, help="state size N (default 16)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per case (min is reported)")
-    parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="implementations")
+    parser.add_argument("--impls", nargs="+", choices=IMPLS, default=None,
+                        help="implementations (default: reference fast torch mambapy; on cuda: reference torch "
+                             "mambapy mamba-ssm)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the inputs live")
     parser.add_argument("--max-seconds", type=float, default=20.0,
                         help="skip a case whose estimated time per call exceeds this (default 20)")
     parser.add_argument("--max-memory-gb", type=float, default=None,
@@ -56,7 +62,7 @@ def _mem_available_gb() -> float:
 
 def _run_case(impl: str, mode: str, batch: int, seqlen: int, args) -> dict:
     cmd = [sys.executable, "-m", "mddose.bench.scan", "--worker", impl, mode, str(batch), str(seqlen),
-           str(args.dim), str(args.state), str(args.repeats), str(args.max_seconds)]
+           str(args.dim), str(args.state), str(args.repeats), str(args.max_seconds), getattr(args, "device", "cpu")]
     timeout = 60 + 6 * args.max_seconds
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), timeout=timeout)
@@ -87,6 +93,8 @@ def run_all(args) -> dict:
 
     from mddose.ops.scan_cpu import load_kernel
 
+    if args.impls is None:
+        args.impls = list(DEFAULT_IMPLS[getattr(args, "device", "cpu")])
     if "fast" in args.impls and load_kernel(torch.float32) is None:
         print("warning: the CPU kernel could not be built; 'fast' falls back to the reference", file=sys.stderr)
     mem_limit = args.max_memory_gb if args.max_memory_gb is not None else _mem_available_gb() / 2
@@ -111,6 +119,7 @@ def run_all(args) -> dict:
                               + (f"{row['time_ms']:.1f} ms, {row['peak_mb']:.0f} MB" if row["status"] == "ok"
                                  else row["status"]), file=sys.stderr, flush=True)
     config = {"D": args.dim, "N": args.state, "threads": torch.get_num_threads(), "repeats": args.repeats,
+              "device": getattr(args, "device", "cpu"), "impls": list(args.impls),
               "memory": "ru_maxrss delta of one call in a fresh subprocess", "torch": torch.__version__,
               "max_memory_gb": round(mem_limit, 1)}
     return {"config": config, "results": results}
@@ -123,24 +132,33 @@ def _cell(row: dict | None, key: str, fmt: str) -> str:
 
 
 def format_table(report: dict) -> str:
-    """One line per (batch, L, mode): times, peak memory and the fast-vs-mambapy ratios."""
+    """One line per (batch, L, mode): each implementation's time and peak memory, and the ratios
+    mambapy / fast (time and memory) and reference / torch (time)."""
     rows = {(r["impl"], r["mode"], r["batch"], r["L"]): r for r in report["results"]}
     keys = sorted({(b, L, m) for (_, m, b, L) in rows}, key=lambda k: (k[0], k[1], MODES.index(k[2])))
     cfg = report["config"]
-    lines = [f"selective scan, D={cfg['D']}, N={cfg['N']}, float32, {cfg['threads']} threads; "
+    impls = [i for i in IMPLS if any(k[0] == i for k in rows)]
+    short = {"reference": "ref", "fast": "fast", "torch": "torch", "mambapy": "mambapy", "mamba-ssm": "mssm"}
+    lines = [f"selective scan, D={cfg['D']}, N={cfg['N']}, float32, {cfg.get('device', 'cpu')}, {cfg['threads']} threads; "
              f"time = min of >= {cfg['repeats']} calls; memory = {cfg['memory']}",
-             f"{'B':>2} {'L':>6} {'mode':7} | {'ref ms':>9} {'fast ms':>9} {'mambapy ms':>10} {'speedup':>8} | "
-             f"{'ref MB':>9} {'fast MB':>8} {'mambapy MB':>10} {'mem ratio':>9}"]
+             f"{'B':>2} {'L':>6} {'mode':7} | " + " ".join(f"{short[i] + ' ms':>10}" for i in impls)
+             + f" {'speedup':>8} {'ref/torch':>9} | " + " ".join(f"{short[i] + ' MB':>10}" for i in impls)
+             + f" {'mem ratio':>9}"]
+
+    def ratio(num, den, key, fmt):
+        ok = num is not None and den is not None and num["status"] == den["status"] == "ok" and den[key] > 0
+        return format(num[key] / den[key], fmt) if ok else "-"
+
     for b, L, m in keys:
-        ref, fast, mp = (rows.get((i, m, b, L)) for i in IMPLS)
-        ok = fast is not None and mp is not None and fast["status"] == mp["status"] == "ok"
-        speed = f"{mp['time_ms'] / fast['time_ms']:.1f}x" if ok else "-"
-        mem = f"{fast['peak_mb'] / mp['peak_mb']:.3f}" if ok and mp["peak_mb"] > 0 else "-"
-        lines.append(f"{b:>2} {L:>6} {m:7} | {_cell(ref, 'time_ms', '.1f'):>9} {_cell(fast, 'time_ms', '.1f'):>9} "
-                     f"{_cell(mp, 'time_ms', '.1f'):>10} {speed:>8} | {_cell(ref, 'peak_mb', '.0f'):>9} "
-                     f"{_cell(fast, 'peak_mb', '.0f'):>8} {_cell(mp, 'peak_mb', '.0f'):>10} {mem:>9}")
-    lines.append("speedup = mambapy time / fast time; mem ratio = fast peak / mambapy peak; "
-                 "skipped cases: see --json for estimates")
+        r = {i: rows.get((i, m, b, L)) for i in impls}
+        fast, mp, ref, tor = r.get("fast"), r.get("mambapy"), r.get("reference"), r.get("torch")
+        speed = ratio(mp, fast, "time_ms", ".1f")
+        lines.append(f"{b:>2} {L:>6} {m:7} | " + " ".join(f"{_cell(r[i], 'time_ms', '.1f'):>10}" for i in impls)
+                     + f" {speed + 'x' if speed != '-' else '-':>8} {ratio(ref, tor, 'time_ms', '.1f'):>9} | "
+                     + " ".join(f"{_cell(r[i], 'peak_mb', '.0f'):>10}" for i in impls)
+                     + f" {ratio(fast, mp, 'peak_mb', '.3f'):>9}")
+    lines.append("speedup = mambapy time / fast time; ref/torch = reference time / torch-backend time; mem ratio = "
+                 "fast peak / mambapy peak; skipped cases: see --json for estimates")
     return "\n".join(lines)
 
 
@@ -152,19 +170,20 @@ def run(args) -> int:
 
 # --------------------------------------------------------------------------- worker (subprocess side)
 
-def _make_case(impl: str, mode: str, batch: int, seqlen: int, dim: int, dstate: int):
+def _make_case(impl: str, mode: str, batch: int, seqlen: int, dim: int, dstate: int, device: str = "cpu"):
     """Inputs and a zero-argument callable running one forward (or forward+backward)."""
     import torch
 
     g = torch.Generator().manual_seed(0)
     grad = mode == "fwd+bwd"
-    mk = lambda *s, scale=1.0, shift=0.0: (torch.randn(*s, generator=g) * scale + shift).requires_grad_(grad)  # noqa: E731
-    A = (-torch.rand(dim, dstate, generator=g) - 0.1).requires_grad_(grad)
+    dev = lambda t: t.to(device).requires_grad_(grad)  # noqa: E731
+    mk = lambda *s: dev(torch.randn(*s, generator=g))  # noqa: E731
+    A = dev(-torch.rand(dim, dstate, generator=g) - 0.1)
     D = mk(dim)
     if impl == "mambapy":
         from mambapy.pscan import pscan
 
-        x, delta = mk(batch, seqlen, dim), (torch.rand(batch, seqlen, dim, generator=g) * 0.1).requires_grad_(grad)
+        x, delta = mk(batch, seqlen, dim), dev(torch.rand(batch, seqlen, dim, generator=g) * 0.1)
         B, C = mk(batch, seqlen, dstate), mk(batch, seqlen, dstate)
 
         def fn():
@@ -177,19 +196,21 @@ def _make_case(impl: str, mode: str, batch: int, seqlen: int, dim: int, dstate: 
         from mddose.ops.scan_cpu import load_kernel
 
         load_kernel(torch.float32)  # build/load before the memory baseline
-        u, delta = mk(batch, dim, seqlen), (torch.rand(batch, dim, seqlen, generator=g) * 0.1).requires_grad_(grad)
+        u, delta = mk(batch, dim, seqlen), dev(torch.rand(batch, dim, seqlen, generator=g) * 0.1)
         B, C = mk(batch, dstate, seqlen), mk(batch, dstate, seqlen)
-        backend = "ref" if impl == "reference" else "cpu"
+        backend = {"reference": "ref", "fast": "cpu", "torch": "torch", "mamba-ssm": "cuda"}[impl]
 
         def fn():
             return selective_scan(u, delta, A, B, C, D, backend=backend)
 
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if grad:
-        return lambda: fn().sum().backward()
+        return lambda: (fn().sum().backward(), sync())
 
     def no_grad():
         with torch.no_grad():
             fn()
+        sync()
     return no_grad
 
 
@@ -201,13 +222,22 @@ def _worker_main(argv: list[str]) -> None:
     impl, mode = argv[0], argv[1]
     batch, seqlen, dim, dstate, repeats = (int(a) for a in argv[2:7])
     max_seconds = float(argv[7])
-    call = _make_case(impl, mode, batch, seqlen, dim, dstate)
+    device = argv[8] if len(argv) > 8 else "cpu"
+    call = _make_case(impl, mode, batch, seqlen, dim, dstate, device)
     gc.collect()
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base_gpu = torch.cuda.memory_allocated()
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     call()
     warm = time.perf_counter() - t0
     peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    if device == "cuda":
+        peak_mb = (torch.cuda.max_memory_allocated() - base_gpu) / 2**20
     # at least `repeats` calls; calls shorter than a second are repeated up to ~1 s (max 50) against noise
     n = 0 if warm > max_seconds / 3 else (1 if warm > 1.0 else max(repeats, 1, min(50, int(1.0 / max(warm, 1e-4)))))
     times = [warm]

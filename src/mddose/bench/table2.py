@@ -34,24 +34,27 @@ def _best_time(fn, repeats: int) -> float:
     return best
 
 
-def time_iteration(model, kind: str, channels: int, size: int, repeats: int = 3) -> tuple[float, str]:
+def time_iteration(model, kind: str, channels: int, size: int, repeats: int = 3,
+                   device: str = "cpu") -> tuple[float, str]:
     """(best seconds of one iteration, what it is): a denoiser call on a ``size``² slice (``kind`` "diffusion")
-    or a forward pass of a ``size``³ volume ("regression"), batch 1, random inputs, no gradients."""
+    or a forward pass of a ``size``³ volume ("regression"), batch 1, random inputs, no gradients.
+    On ``device="cuda"`` every call is synchronised."""
     import torch
 
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if kind == "diffusion":
-        x, c = torch.randn(1, 1, size, size), torch.randn(1, channels, size, size)
-        t = torch.full((1,), 500, dtype=torch.long)
-        call, what = (lambda: model(x, t, c)), f"denoiser call, {size}², batch 1"
+        x, c = torch.randn(1, 1, size, size, device=device), torch.randn(1, channels, size, size, device=device)
+        t = torch.full((1,), 500, dtype=torch.long, device=device)
+        call, what = (lambda: (model(x, t, c), sync())), f"denoiser call, {size}², batch 1"
     else:
-        c = torch.randn(1, channels, size, size, size)
-        call, what = (lambda: model(c)), f"forward, {size}³ volume, batch 1"
+        c = torch.randn(1, channels, size, size, size, device=device)
+        call, what = (lambda: (model(c), sync())), f"forward, {size}³ volume, batch 1"
     with torch.inference_mode():
         return _best_time(call, repeats), what
 
 
 def bench_table2(repeats: int = 3, in_channels: int = 9, models: list[str] | None = None,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, device: str = "cpu") -> dict:
     """Rows (model, preset, kind, parameters, s/iteration, what an iteration is) and the paper's ratios."""
     import torch
 
@@ -67,12 +70,14 @@ def bench_table2(repeats: int = 3, in_channels: int = 9, models: list[str] | Non
     for name, preset in it:
         info = model_info(name)
         torch.manual_seed(0)
-        model = build_model(name, preset=preset, in_channels=in_channels).eval()
-        s, what = time_iteration(model, info.kind, in_channels, SIZE_2D if info.dims == 2 else SIZE_3D, repeats)
+        model = build_model(name, preset=preset, in_channels=in_channels).eval().to(device)
+        s, what = time_iteration(model, info.kind, in_channels, SIZE_2D if info.dims == 2 else SIZE_3D, repeats,
+                                 device)
         rows.append({"model": name, "preset": preset, "kind": info.kind, "dims": info.dims,
                      "parameters": sum(p.numel() for p in model.parameters()), "s_per_iter": round(s, 4),
                      "iteration": what, "paper": PAPER_TABLE2.get(name) if preset == "paper" else None})
-    return {"rows": rows, "ratios": _ratios(rows)}
+        del model
+    return {"rows": rows, "ratios": _ratios(rows), "device": device}
 
 
 def _ratios(rows: list[dict]) -> list[dict]:

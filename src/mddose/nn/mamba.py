@@ -13,6 +13,12 @@ The per-direction parameters (conv, x_proj, dt_proj, A_log, D) live in :class:`S
 bidirectional (Vim) and four-direction (VMamba) mixers can own several branches that share one
 ``in_proj``/``out_proj`` and run all directions in a single scan call (:func:`scan_branches`, which stacks
 the directions along the channel axis and passes B/C in the grouped ``(B, G, N, L)`` form).
+
+:func:`scan_directions` is the copy-free form used by the one- and two-way mixers: every direction works on
+the sequence in its original order (a reversed direction's causal conv becomes an anti-causal one with the
+kernel flipped), the directions' projections are batched matmuls whose outputs the scan reads through
+strides (:func:`mddose.ops.scan_multi.selective_scan_multi`), and the gated sum of the directions comes out
+of the scan directly. :func:`scan_directions_ref` is its plain twin (flipped copies, one branch at a time).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mddose.ops import selective_scan
+from mddose.ops.scan_multi import selective_scan_multi
 
 
 def resolve_dt_rank(dt_rank: int | str, d_model: int) -> int:
@@ -125,6 +132,154 @@ def scan_branches(parts: list[ScanInputs], z: list[Tensor] | None = None) -> lis
     return list(torch.split(out, dim, dim=1))
 
 
+def conv_silu(branch: SSMBranch, x: Tensor, reverse: bool = False) -> Tensor:
+    """silu(causal depthwise conv) of ``x: (B, d_inner, L)`` in the direction's scan order, returned in the
+    original order: for ``reverse`` the conv runs on the flipped sequence, i.e. it is anti-causal with the
+    kernel flipped (no flipped copy of ``x``). No conv (``d_conv=0``): ``x`` itself."""
+    conv = branch.conv1d
+    if conv is None:
+        return x
+    seqlen, k = x.shape[-1], conv.kernel_size[0]
+    if not reverse:
+        return F.silu(conv(x)[..., :seqlen])
+    y = F.conv1d(x, conv.weight.flip(-1), conv.bias, padding=k - 1, groups=conv.groups)
+    return F.silu(y[..., k - 1:])
+
+
+class _ShiftConv(torch.autograd.Function):
+    """Depthwise causal (or, reversed, anti-causal with the kernel flipped) conv of ``x: (B, Di, L)`` for K
+    directions at once, as in-place multiply-adds of shifted slices of one padded copy; manual backward."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, reverse):   # w: (K, Di, k), b: (K, Di) or None → (B, K*Di, L)
+        nb, dim, seqlen = x.shape
+        k = w.shape[-1]
+        xp = F.pad(x, (k - 1, k - 1)).contiguous()                                # (B, Di, L + 2(k-1))
+        out = x.new_empty(nb, len(reverse), dim, seqlen)
+        for i, rev in enumerate(reverse):
+            o = out[:, i]
+            if b is None:
+                o.zero_()
+            else:
+                o.copy_(b[i, :, None].expand_as(o))
+            for j in range(k):
+                s = 2 * (k - 1) - j if rev else j
+                o.addcmul_(xp[..., s:s + seqlen], w[i, :, j, None])
+        ctx.save_for_backward(xp, w)
+        ctx.meta = (reverse, b is not None, seqlen)
+        return out.view(nb, len(reverse) * dim, seqlen)
+
+    @staticmethod
+    def backward(ctx, grad):
+        xp, w = ctx.saved_tensors
+        reverse, has_b, seqlen = ctx.meta
+        k = w.shape[-1]
+        g = grad.reshape(xp.shape[0], len(reverse), xp.shape[1], seqlen)
+        gxp = torch.zeros_like(xp) if ctx.needs_input_grad[0] else None
+        dw = torch.empty_like(w) if ctx.needs_input_grad[1] else None
+        for i, rev in enumerate(reverse):
+            gi = g[:, i]
+            for j in range(k):
+                s = 2 * (k - 1) - j if rev else j
+                if gxp is not None:
+                    gxp[..., s:s + seqlen].addcmul_(gi, w[i, :, j, None])
+                if dw is not None:
+                    dw[i, :, j] = (gi * xp[..., s:s + seqlen]).sum((0, 2))
+        db = g.sum((0, 3)) if has_b and ctx.needs_input_grad[2] else None
+        gx = None if gxp is None else gxp[..., k - 1:k - 1 + seqlen]
+        return gx, dw, db, None
+
+
+def shift_conv_silu(branches: list[SSMBranch], x: Tensor, reverse: tuple[bool, ...]) -> Tensor:
+    """All directions' :func:`conv_silu`, stacked on channels ``(B, K*d_inner, L)``, as d_conv shifted multiply-adds
+    on one padded copy of ``x`` (:class:`_ShiftConv`; the depthwise conv has few taps, and PyTorch's depthwise
+    conv1d backward is slow on a CPU). Same result as ``cat([conv_silu(br, x, rev) ...])``; used when gradients
+    are recorded (without them the conv layers' forward on the channels-last view is faster)."""
+    w = torch.stack([br.conv1d.weight[:, 0] for br in branches])                # (K, Di, k)
+    biases = [br.conv1d.bias for br in branches]
+    b = None if all(v is None for v in biases) else \
+        torch.stack([w.new_zeros(w.shape[1]) if v is None else v for v in biases])          # (K, Di)
+    return F.silu(_ShiftConv.apply(x, w, b, tuple(reverse)))
+
+
+def scan_directions(branches: list[SSMBranch], x: Tensor, z: Tensor | None, reverse: tuple[bool, ...]) -> Tensor:
+    """Run one :class:`SSMBranch` per direction over ``x: (B, d_inner, L)`` (original order) and return the
+    sum of their outputs gated by ``z: (B, d_inner, L)`` (any strides): ``(B, d_inner, L)``.
+
+    Direction k scans from the end if ``reverse[k]``. Same result as :func:`scan_directions_ref`, without
+    the flipped / concatenated / transposed copies (see the module docstring).
+    """
+    k = len(branches)
+    nb, dim, seqlen = x.shape
+    br0 = branches[0]
+    rank, dstate = br0.dt_rank, br0.d_state
+    if torch.is_grad_enabled() and all(br.conv1d is not None for br in branches):
+        u = shift_conv_silu(branches, x, reverse)                                # (B, K*Di, L)
+    else:
+        u = torch.cat([conv_silu(br, x, rev) for br, rev in zip(branches, reverse)], 1) if k > 1 \
+            else conv_silu(br0, x, reverse[0])
+    w_x = torch.stack([br.x_proj.weight for br in branches]) if k > 1 else br0.x_proj.weight[None]
+    # (K, R+2N, Di) @ (B, K, Di, L): u's gradient comes out contiguous (no transposed gradient through the cat
+    # and silu backwards); the small (R+2N)-row result is then laid out (B, K, L, R+2N) for the scan
+    x_dbl = torch.matmul(w_x, u.view(nb, k, dim, seqlen)).transpose(-1, -2).contiguous()   # (B, K, L, R+2N)
+    w_dt = torch.stack([br.dt_proj.weight for br in branches]) if k > 1 else br0.dt_proj.weight[None]
+    delta = torch.matmul(w_dt, x_dbl[..., :rank].transpose(-1, -2))             # (B, K, Di, L)
+    cat = (lambda ts: torch.cat(ts, 0)) if k > 1 else (lambda ts: ts[0])         # noqa: E731
+    return selective_scan_multi(
+        u, delta.reshape(nb, k * dim, seqlen), cat([-torch.exp(br.A_log.float()) for br in branches]),
+        x_dbl[..., rank:rank + dstate], x_dbl[..., rank + dstate:], cat([br.D.float() for br in branches]),
+        z=z, delta_bias=cat([br.dt_proj.bias.float() for br in branches]), delta_softplus=True, reverse=reverse)
+
+
+def scan_directions_ref(branches: list[SSMBranch], x: Tensor, z: Tensor | None, reverse: tuple[bool, ...]) -> Tensor:
+    """Plain twin of :func:`scan_directions`: flip the sequence (and gate) of a reversed direction, run the
+    branch (:meth:`SSMBranch.prepare`, :func:`scan_branches`), flip its output back, sum."""
+    total = None
+    for br, rev in zip(branches, reverse):
+        xs, zs = (x.flip(-1), None if z is None else z.flip(-1)) if rev else (x, z)
+        (y,) = scan_branches([br.prepare(xs)], None if zs is None else [zs])
+        y = y.flip(-1) if rev else y
+        total = y if total is None else total + y
+    return total
+
+
+#: "fast" = :func:`scan_directions`; "ref" = :func:`scan_directions_ref` (tests compare them on real weights)
+MIXER_PATHS = ("fast", "ref")
+
+
+def mixer_path() -> str:
+    """The mixers' scan path: ``$MDDOSE_MIXER_PATH`` ("fast", default, or "ref")."""
+    import os
+
+    path = os.environ.get("MDDOSE_MIXER_PATH", "fast").strip().lower() or "fast"
+    if path not in MIXER_PATHS:
+        raise ValueError(f"$MDDOSE_MIXER_PATH={path!r} is not one of {', '.join(MIXER_PATHS)}")
+    return path
+
+
+def out_projection(lin: nn.Linear, y: Tensor) -> Tensor:
+    """``lin`` applied to the channels of ``y: (B, C, L)``: ``(B, L, out)`` contiguous (the product is taken
+    channels-first, so ``y`` is not copied and its gradient comes back contiguous for the scan)."""
+    out = torch.matmul(lin.weight, y).transpose(1, 2).contiguous()
+    return out if lin.bias is None else out + lin.bias
+
+
+def run_mixer(in_proj: nn.Linear, out_proj: nn.Linear, branches: list[SSMBranch], x: Tensor,
+              reverse: tuple[bool, ...]) -> Tensor:
+    """The one- or multi-direction Mamba mixer on ``x: (B, L, C)`` (shared in/out projections, gate z)."""
+    d_inner = branches[0].d_inner
+    if mixer_path() == "ref":
+        xz = in_proj(x).transpose(1, 2)                                          # (B, 2*d_inner, L)
+        xs, z = xz.chunk(2, dim=1)
+        return out_proj(scan_directions_ref(branches, xs, z, reverse).transpose(1, 2))
+    xz = in_proj(x).transpose(1, 2)                                              # (B, 2*d_inner, L) view
+    # the convs read x as this channels-last view (PyTorch's depthwise conv1d is ~10x (forward) and ~300x
+    # (backward) slower on a contiguous channels-first copy); z is copied channels-first once: the kernel could
+    # read it through its strides, but one transposing copy is cheaper than L strided reads per row, twice
+    y = scan_directions(branches, xz[:, :d_inner], xz[:, d_inner:].contiguous(), reverse)   # (B, d_inner, L)
+    return out_projection(out_proj, y)
+
+
 class MambaMixer(nn.Module):
     """One-directional (causal) Mamba mixer. ``forward(x: (B, L, d_model)) -> (B, L, d_model)``."""
 
@@ -155,7 +310,4 @@ class MambaMixer(nn.Module):
         """x: (B, L, d_model) → (B, L, d_model)."""
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"MambaMixer: expected (B, L, {self.d_model}), got {tuple(x.shape)}")
-        xz = self.in_proj(x).transpose(1, 2)                                      # (B, 2*d_inner, L)
-        xs, z = xz.chunk(2, dim=1)
-        (y,) = scan_branches([self.ssm.prepare(xs)], [z])
-        return self.out_proj(y.transpose(1, 2))
+        return run_mixer(self.in_proj, self.out_proj, [self.ssm], x, (False,))

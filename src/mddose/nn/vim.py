@@ -8,7 +8,8 @@ The backward direction reads the flipped sequence, and both outputs are gated by
     y    = scan_fwd(x, z) + flip(scan_bwd(flip(x), flip(z)))
     h    = h + out_proj(y)
 
-Both directions run in a single ``selective_scan`` call (stacked along channels).
+Both directions run in a single scan call (stacked along channels), the backward one read in reverse in
+place (:func:`mddose.nn.mamba.scan_directions`; ``$MDDOSE_MIXER_PATH=ref`` runs the flipped-copies twin).
 Sharing the projections costs ~6·C² parameters per block instead of ~12·C² for two full mixers.
 
 :class:`VisionMambaLayer2d` is the VisionMamba stage of MD-Dose's public code (LinjieFu-U/mamba_dose,
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mddose.nn.mamba import MambaMixer, SSMBranch, resolve_dt_rank, scan_branches
+from mddose.nn.mamba import MambaMixer, SSMBranch, resolve_dt_rank, run_mixer
 
 #: Keyword arguments accepted by the mixers (forwarded from blocks and layers).
 MIXER_KWARGS = ("d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init_floor", "bias", "conv_bias")
@@ -48,11 +49,7 @@ class BiMambaMixer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, L, C) → (B, L, C)."""
-        xz = self.in_proj(x).transpose(1, 2)                                      # (B, 2*d_inner, L)
-        xs, z = xz.chunk(2, dim=1)
-        xs_b, z_b = xs.flip(-1), z.flip(-1)
-        y_f, y_b = scan_branches([self.ssm_fwd.prepare(xs), self.ssm_bwd.prepare(xs_b)], [z, z_b])
-        return self.out_proj((y_f + y_b.flip(-1)).transpose(1, 2))
+        return run_mixer(self.in_proj, self.out_proj, [self.ssm_fwd, self.ssm_bwd], x, (False, True))
 
 
 class RMSNorm(nn.Module):

@@ -3,10 +3,13 @@
 Backends:
     ``cpu``  — fused C kernel (:mod:`mddose.ops.scan_cpu`), forward + backward, float32/float64;
     ``cuda`` — ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn`` (CUDA tensors only);
+    ``torch`` — :func:`mddose.ops.scan_torch.selective_scan_torch`, a chunked scan in plain PyTorch (any
+             device, no compiled extension: about 2 sqrt(L) sequential steps instead of L);
     ``ref``  — :func:`mddose.ops.scan_ref.selective_scan_ref` (plain PyTorch, any device).
 
 ``backend="auto"`` (default) uses ``$MDDOSE_SCAN_BACKEND`` if set, else ``cuda`` for CUDA tensors when
-mamba-ssm is importable, ``cpu`` for CPU tensors when the kernel builds, and ``ref`` otherwise.
+mamba-ssm is importable and ``torch`` when it is not, ``cpu`` for CPU tensors when the kernel builds, and
+``ref`` otherwise.
 The choice is logged once per (backend, reason).
 """
 
@@ -22,7 +25,7 @@ from torch import Tensor
 from mddose.ops.scan_ref import check_finite, check_scan_inputs, named_inputs, selective_scan_ref
 from mddose.utils.log import log_once
 
-BACKENDS = ("auto", "cpu", "cuda", "ref")
+BACKENDS = ("auto", "cpu", "cuda", "torch", "ref")
 ENV_VAR = "MDDOSE_SCAN_BACKEND"
 
 
@@ -43,7 +46,7 @@ def _cpu_available(u: Tensor) -> bool:
 
 
 def resolve_backend(u: Tensor, A: Tensor, backend: str = "auto") -> str:
-    """The backend that :func:`selective_scan` will use for these inputs ("cpu", "cuda" or "ref").
+    """The backend that :func:`selective_scan` will use for these inputs ("cpu", "cuda", "torch" or "ref").
 
     Raises ``ValueError`` for an unknown name or a backend that cannot run on the tensors' device.
     A forced ``cpu`` whose kernel fails to build falls back to ``ref`` (logged once).
@@ -59,7 +62,7 @@ def resolve_backend(u: Tensor, A: Tensor, backend: str = "auto") -> str:
 
     if requested == "auto":
         if u.is_cuda:
-            requested = "cuda" if _mamba_ssm_fn() is not None else "ref"
+            requested = "cuda" if _mamba_ssm_fn() is not None else "torch"
         else:
             requested = "cpu" if kernel_supports(u, A) and _cpu_available(u) else "ref"
     elif requested == "cuda":
@@ -83,7 +86,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
 
     Args:
         u, delta: (B, D, L); A: (D, N); B, C: (B, N, L) or (B, G, N, L); D, delta_bias: (D,); z: (B, D, L).
-        backend: "auto" | "cpu" | "cuda" | "ref" ("auto" honours ``$MDDOSE_SCAN_BACKEND``).
+        backend: "auto" | "cpu" | "cuda" | "torch" | "ref" ("auto" honours ``$MDDOSE_SCAN_BACKEND``).
 
     Returns:
         out: (B, D, L), plus the last state (B, D, N) if ``return_last_state``.
@@ -104,6 +107,10 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         from mddose.ops.scan_cpu import selective_scan_cpu
 
         return selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if name == "torch":
+        from mddose.ops.scan_torch import selective_scan_torch
+
+        return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if name == "cuda":
         return _mamba_ssm_fn()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)

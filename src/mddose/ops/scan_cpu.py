@@ -83,12 +83,13 @@ def compile_kernel(cc: str, source: Path, output: Path, defines: tuple[str, ...]
 def _declare(lib: ctypes.CDLL, sfx: str) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     fwd = getattr(lib, f"scan_fwd_{sfx}")
-    fwd.argtypes = [p] * 8 + [i32] + [i64] * 6 + [p] * 3 + [i32]
+    fwd.argtypes = [p] * 8 + [i32] + [i64] * 7 + [p] * 4 + [p] * 3 + [i32]
     fwd.restype = i32
     bwd = getattr(lib, f"scan_bwd_{sfx}")
-    bwd.argtypes = [p] * 8 + [i32] + [i64] * 6 + [p] * 4 + [p] * 8 + [i32]
+    bwd.argtypes = [p] * 8 + [i32] + [i64] * 7 + [p] * 4 + [p] * 4 + [p] * 8 + [i32]
     bwd.restype = i32
     getattr(lib, f"scan_max_state_{sfx}").restype = i32
+    getattr(lib, f"scan_max_directions_{sfx}").restype = i32
     count = getattr(lib, f"scan_count_nonfinite_{sfx}")
     count.argtypes, count.restype = [p, i64], i64
     tr = getattr(lib, f"scan_transpose_{sfx}")
@@ -143,6 +144,15 @@ def load_kernel(dtype: torch.dtype = torch.float32) -> ctypes.CDLL | None:
 
 def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
+
+
+def _layout_args(directions: int, reverse, Bt: Tensor, Ct: Tensor, z: Tensor | None) -> tuple:
+    """The kernel's (K, rev, B strides, C strides, z strides) arguments: ``Bt``/``Ct`` are (B, G, L, N) with
+    N contiguous, ``z`` (B, Dk, L) any strides; ``reverse`` one flag per direction (or None)."""
+    i64x3 = ctypes.c_int64 * 3
+    rev = None if reverse is None else (ctypes.c_byte * len(reverse))(*(1 if r else 0 for r in reverse))
+    zs = None if z is None else i64x3(*z.stride())
+    return (directions, rev, i64x3(*Bt.stride()[:3]), i64x3(*Ct.stride()[:3]), zs)
 
 
 def _sfx(dtype: torch.dtype) -> str:
@@ -211,7 +221,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
             Bt, Ct = (t.repeat_interleave(groups // t.shape[1], dim=1) for t in (Bt, Ct))
         err = getattr(lib, f"scan_fwd_{sfx}")(
             _ptr(u_), _ptr(delta_), _ptr(A_), _ptr(Bt), _ptr(Ct), _ptr(D_), _ptr(z_), _ptr(db_),
-            int(delta_softplus), nb, dim, seqlen, dstate, groups, chunk,
+            int(delta_softplus), nb, dim, seqlen, dstate, groups, chunk, *_layout_args(1, None, Bt, Ct, z_),
             _ptr(out), _ptr(xpre), _ptr(ckpt), torch.get_num_threads())
         if err:
             raise RuntimeError(f"selective_scan CPU kernel failed (code {err})")
@@ -237,7 +247,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
         dD, ddb = torch.empty(nb, dim, dtype=dtype), torch.empty(nb, dim, dtype=dtype)
         err = getattr(lib, f"scan_bwd_{sfx}")(
             _ptr(u_), _ptr(delta_), _ptr(A_), _ptr(Bt), _ptr(Ct), _ptr(D_), _ptr(z_), _ptr(db_),
-            int(softplus), nb, dim, seqlen, dstate, groups, chunk,
+            int(softplus), nb, dim, seqlen, dstate, groups, chunk, *_layout_args(1, None, Bt, Ct, z_),
             _ptr(xpre), _ptr(ckpt), _ptr(dout), _ptr(dlast),
             _ptr(du), _ptr(ddelta), _ptr(dA), _ptr(dBt), _ptr(dCt), _ptr(dD), _ptr(dz), _ptr(ddb),
             torch.get_num_threads())
@@ -286,3 +296,76 @@ def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
                                         cast(delta_bias), bool(delta_softplus), int(chunk))
     out, last = out.to(dtype), last.to(dtype)
     return (out, last) if return_last_state else out
+
+
+class _MultiScanCPU(torch.autograd.Function):
+    """Autograd wrapper of the kernel's multi-direction form (see :func:`selective_scan_multi_cpu`)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, chunk):
+        dtype = u.dtype
+        lib = load_kernel(dtype)
+        sfx = _sfx(dtype)
+        c = lambda t: None if t is None else t.detach().contiguous()  # noqa: E731
+        lastdense = lambda t: t.detach() if t.stride(-1) == 1 else t.detach().contiguous()  # noqa: E731
+        u_, delta_, A_, D_, db_ = c(u), c(delta), c(A), c(D), c(delta_bias)
+        Bt, Ct = lastdense(B), lastdense(C)
+        z_ = None if z is None else z.detach()
+        nb, dim, seqlen = u_.shape
+        dstate, groups, K = A_.shape[1], Bt.shape[1], len(reverse)
+        nch = (seqlen + chunk - 1) // chunk
+        out = torch.empty(nb, dim // K, seqlen, dtype=dtype)
+        xpre = torch.empty_like(out) if z is not None and any(ctx.needs_input_grad) else None
+        ckpt = torch.empty(nb, dim, nch, dstate, dtype=dtype)
+        err = getattr(lib, f"scan_fwd_{sfx}")(
+            _ptr(u_), _ptr(delta_), _ptr(A_), _ptr(Bt), _ptr(Ct), _ptr(D_), _ptr(z_), _ptr(db_),
+            int(delta_softplus), nb, dim, seqlen, dstate, groups, chunk, *_layout_args(K, reverse, Bt, Ct, z_),
+            _ptr(out), _ptr(xpre), _ptr(ckpt), torch.get_num_threads())
+        if err:
+            raise RuntimeError(f"selective_scan CPU kernel failed (code {err})")
+        ctx.save_for_backward(u_, delta_, A_, Bt, Ct, D_, z_, db_, xpre, ckpt)
+        ctx.meta = (delta_softplus, reverse, chunk, D is not None, delta_bias is not None)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        u_, delta_, A_, Bt, Ct, D_, z_, db_, xpre, ckpt = ctx.saved_tensors
+        softplus, reverse, chunk, has_d, has_db = ctx.meta
+        dtype = u_.dtype
+        lib = load_kernel(dtype)
+        nb, dim, seqlen = u_.shape
+        dstate, groups, K = A_.shape[1], Bt.shape[1], len(reverse)
+        dout = dout.to(dtype).contiguous()
+        du, ddelta = torch.empty_like(u_), torch.empty_like(u_)
+        dz = torch.empty(nb, dim // K, seqlen, dtype=dtype) if z_ is not None else None
+        dA = torch.empty(nb, dim, dstate, dtype=dtype)
+        dB = torch.empty(nb, groups, seqlen, dstate, dtype=dtype)   # zeroed by the kernel
+        dC = torch.empty(nb, Ct.shape[1], seqlen, dstate, dtype=dtype)
+        dD, ddb = torch.empty(nb, dim, dtype=dtype), torch.empty(nb, dim, dtype=dtype)
+        err = getattr(lib, f"scan_bwd_{_sfx(dtype)}")(
+            _ptr(u_), _ptr(delta_), _ptr(A_), _ptr(Bt), _ptr(Ct), _ptr(D_), _ptr(z_), _ptr(db_),
+            int(softplus), nb, dim, seqlen, dstate, groups, chunk, *_layout_args(K, reverse, Bt, Ct, z_),
+            _ptr(xpre), _ptr(ckpt), _ptr(dout), None,
+            _ptr(du), _ptr(ddelta), _ptr(dA), _ptr(dB), _ptr(dC), _ptr(dD), _ptr(dz), _ptr(ddb),
+            torch.get_num_threads())
+        if err:
+            raise RuntimeError(f"selective_scan CPU kernel backward failed (code {err})")
+        return (du, ddelta, dA.sum(0), dB, dC, dD.sum(0) if has_d else None, dz,
+                ddb.sum(0) if has_db else None, None, None, None)
+
+
+def selective_scan_multi_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                             z: Tensor | None = None, delta_bias: Tensor | None = None,
+                             delta_softplus: bool = False, reverse: tuple[bool, ...] = (False, True),
+                             chunk: int = CHUNK) -> Tensor:
+    """Multi-direction scan on the CPU kernel (inputs already checked); same contract as
+    :func:`mddose.ops.scan_multi.selective_scan_multi_ref`. B, C: (B, G, L, N) with B and C having the same G
+    (views with a contiguous N axis are read in place, as is any view ``z``). Other dtypes run in float32."""
+    dtype = u.dtype
+    cdt = torch.float64 if dtype == torch.float64 else torch.float32
+    if load_kernel(cdt) is None:
+        raise RuntimeError("selective_scan: the CPU kernel is not available")
+    cast = (lambda t: t if t is None or t.dtype == cdt else t.to(cdt))  # noqa: E731
+    out = _MultiScanCPU.apply(cast(u), cast(delta), cast(A), cast(B), cast(C), cast(D), cast(z), cast(delta_bias),
+                              bool(delta_softplus), tuple(bool(r) for r in reverse), int(chunk))
+    return out.to(dtype)
