@@ -30,14 +30,11 @@ import torch
 from torch import Tensor, nn
 
 from mddose.errors import MddoseError
+from mddose.utils.config import check_int_fields, check_int_tuple
 from mddose.models.registry import ModelConfig, register_model
 from mddose.nn.conv3d import UNet3d, check_volume
 
 NAME = "c3d"
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -60,17 +57,11 @@ class C3DConfig(ModelConfig):
     def __post_init__(self):
         where = "c3d config"
         for name in ("widths_a", "widths_b"):
-            v = getattr(self, name)
-            if not isinstance(v, (tuple, list)) or not v or not all(_is_int(x) and x >= 1 for x in v):
-                raise MddoseError(f"{where}: {name} must be a non-empty list of positive integers, got {v!r}")
-            object.__setattr__(self, name, tuple(v))
+            check_int_tuple(where, self, name)
         if len(self.widths_a) != len(self.widths_b):
             raise MddoseError(f"{where}: widths_a and widths_b must have the same number of levels, "
                               f"got {len(self.widths_a)} and {len(self.widths_b)}")
-        for name in ("in_channels", "out_channels", "grid_size"):
-            v = getattr(self, name)
-            if not _is_int(v) or v < 1:
-                raise MddoseError(f"{where}: {name} must be a positive integer, got {v!r}")
+        check_int_fields(where, self, ("in_channels", "out_channels", "grid_size"))
         mult = 2 ** (self.levels - 1)
         if self.grid_size % mult or self.grid_size < 2 * mult:
             raise MddoseError(f"{where}: grid_size must be a multiple of {mult} (2^(levels-1)) and at least "

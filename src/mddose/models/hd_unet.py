@@ -29,14 +29,11 @@ import torch
 from torch import Tensor, nn
 
 from mddose.errors import MddoseError
+from mddose.utils.config import check_int_fields, check_int_tuple
 from mddose.models.registry import ModelConfig, register_model
 from mddose.nn.conv3d import ConvUnit3d, DenseDown3d, DenseUnit3d, UpConv3d, check_volume
 
 NAME = "hd-unet"
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -66,18 +63,9 @@ class HDUNetConfig(ModelConfig):
 
     def __post_init__(self):
         where = "hd-unet config"
-        v = self.decoder_widths
-        if not isinstance(v, (tuple, list)) or not all(_is_int(x) and x >= 1 for x in v):
-            raise MddoseError(f"{where}: decoder_widths must be a list of positive integers, got {v!r}")
-        object.__setattr__(self, "decoder_widths", tuple(v))
-        for name in ("in_channels", "out_channels", "growth", "levels", "up_channels", "grid_size"):
-            x = getattr(self, name)
-            if not _is_int(x) or x < 1:
-                raise MddoseError(f"{where}: {name} must be a positive integer, got {x!r}")
-        for name in ("encoder_units", "bottleneck_units"):
-            x = getattr(self, name)
-            if not _is_int(x) or x < 0:
-                raise MddoseError(f"{where}: {name} must be a non-negative integer, got {x!r}")
+        check_int_tuple(where, self, "decoder_widths", allow_empty=True)
+        check_int_fields(where, self, ("in_channels", "out_channels", "growth", "levels", "up_channels", "grid_size"))
+        check_int_fields(where, self, ("encoder_units", "bottleneck_units"), minimum=0)
         if self.levels < 2:
             raise MddoseError(f"{where}: levels must be >= 2, got {self.levels}")
         if len(self.decoder_widths) != self.levels - 1:
