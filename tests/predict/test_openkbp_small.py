@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mddose.train import shipped
+from mddose.predict import shipped
 from mddose.train.checkpoint import load_checkpoint
 
 NAME = "openkbp-small"

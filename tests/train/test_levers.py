@@ -16,7 +16,7 @@ import torch
 
 from mddose.errors import MddoseError
 from mddose.train.config import RECIPES, DiffusionConfig, TrainConfig
-from mddose.train.objectives import DiffusionObjective
+from mddose.kinds.diffusion2d import DiffusionObjective
 from mddose.train.trainer import Trainer
 from tests.train.test_trainer import DictDataset, tiny_config, tiny_model
 
@@ -222,7 +222,7 @@ def test_trainer_with_l1_loss_records_it_in_the_checkpoint(tmp_path):
 
 # ---------------------------------------------------------------------------- samples at validation
 def test_validator_passes_val_samples(monkeypatch):
-    import mddose.train.validate as validate_module
+    import mddose.kinds.diffusion2d as validate_module
 
     seen = {}
     monkeypatch.setattr(validate_module, "patient_dose_score", lambda *a, **kw: seen.update(kw) or 1.5)
@@ -234,7 +234,7 @@ def test_validator_passes_val_samples(monkeypatch):
 
 def test_slice_score_averages_the_samples():
     from mddose.diffusion import GaussianDiffusion, sample
-    from mddose.train.validate import slice_dose_score
+    from mddose.kinds.diffusion2d import slice_dose_score
 
     d, ds, net = GaussianDiffusion(), DictDataset(n=4), tiny_model().eval()
     cond, dose = ds.cond, ds.dose
@@ -250,7 +250,7 @@ def test_slice_score_averages_the_samples():
 
 
 def test_patient_score_samples_each_slice_k_times_in_batches_of_about_batch_size(monkeypatch):
-    import mddose.train.validate as validate_module
+    import mddose.kinds.diffusion2d as validate_module
     from mddose.data.inputs.slices import SliceConfig
     from mddose.data.phantom import make_phantom
 

@@ -87,7 +87,7 @@ def tiny_config(**kw) -> TrainConfig:
 
 def slice_validator(trainer_ds: DictDataset):
     from mddose.diffusion import GaussianDiffusion
-    from mddose.train.validate import slice_dose_score
+    from mddose.kinds.diffusion2d import slice_dose_score
     d = GaussianDiffusion()
     return lambda m: slice_dose_score(m, d, trainer_ds.cond[:4], trainer_ds.dose[:4], 70.0, steps=2)
 
@@ -304,7 +304,7 @@ def test_phantom_training_end_to_end(tmp_path):
     from mddose.diffusion import sample
     from mddose.train.checkpoint import load_checkpoint
     from mddose.train.trainer import train
-    cfg = TrainConfig(model="md-dose", preset="tiny", slices={"size": 32},
+    cfg = TrainConfig(model="md-dose", preset="tiny", inputs={"size": 32},
                       data=DataConfig(phantoms={"n": 2, "seed": 0, "size": 32, "val": 1}, val_max_slices=2),
                       epochs=1, batch_size=4, max_steps=2, val_steps=2, device="cpu")
     best = train(cfg, tmp_path / "run", progress=False)

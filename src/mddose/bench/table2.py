@@ -34,18 +34,15 @@ def _best_time(fn, repeats: int) -> float:
     return best
 
 
-def time_iteration(model, kind: str, channels: int, size: int, repeats: int = 3) -> tuple[float, str]:
-    """(best seconds of one iteration, what it is): a denoiser call on a ``size``² slice (``kind`` "diffusion")
-    or a forward pass of a ``size``³ volume ("regression"), batch 1, random inputs, no gradients."""
+def time_iteration(model, kind, channels: int, size: int, repeats: int = 3) -> tuple[float, str]:
+    """(best seconds of one iteration, what it is): the call of ``kind`` (a model kind or its name;
+    :meth:`~mddose.kinds.base.ModelKind.iteration`: a denoiser call on a ``size``² slice, a forward pass of a
+    ``size``³ volume), batch 1, random inputs, no gradients."""
     import torch
 
-    if kind == "diffusion":
-        x, c = torch.randn(1, 1, size, size), torch.randn(1, channels, size, size)
-        t = torch.full((1,), 500, dtype=torch.long)
-        call, what = (lambda: model(x, t, c)), f"denoiser call, {size}², batch 1"
-    else:
-        c = torch.randn(1, channels, size, size, size)
-        call, what = (lambda: model(c)), f"forward, {size}³ volume, batch 1"
+    from mddose.kinds import ModelKind, get_kind
+
+    call, what = (kind if isinstance(kind, ModelKind) else get_kind(kind)).iteration(model, channels, size)
     with torch.inference_mode():
         return _best_time(call, repeats), what
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from mddose.errors import MddoseError
+from mddose.utils.builtin import builtin_studies  # noqa: F401  (also this module's name for it)
 from mddose.utils.config import check_keys, dataclass_from_dict, read_json_object
 
 TABLES = ("table1", "table3")
@@ -61,7 +62,9 @@ class MethodSpec:
 
 @dataclass(frozen=True)
 class StudyData:
-    """``train`` / ``val`` / ``test``: patient folders or list files; or ``phantoms``: counts, size, seed."""
+    """``train`` / ``val`` / ``test``: patient folders or list files; or ``phantoms``: a
+    :class:`~mddose.data.sources.PhantomSplit` as written (``seed``: the study's when left out;
+    :meth:`StudyConfig.phantom_split`)."""
 
     train: str | tuple[str, ...] | None = None
     val: str | tuple[str, ...] | None = None
@@ -84,6 +87,14 @@ class StudyConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def phantom_split(self, where: str = "study config"):
+        """The :class:`~mddose.data.sources.PhantomSplit` of ``data.phantoms`` (its seed: the study's when the
+        split names none); None for patient folders."""
+        from mddose.data.sources import PhantomSplit
+        if self.data.phantoms is None:
+            return None
+        return PhantomSplit.from_dict({"seed": self.seed, **self.data.phantoms}, where)
 
     @property
     def budget_minutes(self) -> float | None:
@@ -129,7 +140,7 @@ def _check_models(cfg: StudyConfig, where: str) -> None:
     for m in cfg.methods:
         try:
             make_config(m.model, m.preset, **{"in_channels": 9, **m.overrides})
-            TrainConfig.from_dict({"model": m.model, "preset": m.preset, **m.train},
+            TrainConfig.from_dict({**m.train, "model": m.model, "preset": m.preset, "model_overrides": dict(m.overrides)},
                                   where=f"{where} method {m.name!r} train").resolved()
         except MddoseError as exc:
             raise MddoseError(f"{where}: method {m.name!r}: {exc}") from None
@@ -161,7 +172,8 @@ def study_from_dict(raw: dict, where: str = "study config") -> StudyConfig:
     if data.train is not None and data.test is None:
         raise MddoseError(f"{where}: data.test (the test patients) is missing")
     if data.phantoms is not None:
-        check_keys(data.phantoms, ("train", "val", "test", "size", "seed"), where, "data.phantoms.")
+        from mddose.data.sources import PhantomSplit
+        PhantomSplit.from_dict({"seed": raw.get("seed", 0), **data.phantoms}, where)
     budget = raw["budget"]
     if not isinstance(budget, dict) or len(budget) != 1 or next(iter(budget)) not in ("minutes", "steps"):
         raise MddoseError(f"{where}: budget must be {{\"minutes\": M}} or {{\"steps\": N}} (one, the same for all)")
@@ -195,14 +207,8 @@ def _resolve_paths(cfg: StudyConfig, base: Path) -> StudyConfig:
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **fixed)) if fixed else cfg
 
 
-def builtin_studies() -> dict[str, Path]:
-    """Name → path of the studies shipped in ``mddose/configs/studies``."""
-    root = Path(__file__).resolve().parents[1] / "configs" / "studies"
-    return {p.stem: p for p in sorted(root.glob("*.json"))}
-
-
 def load_study_config(name_or_path: str | os.PathLike) -> StudyConfig:
-    """A built-in study by name (``smoke``, ``paper-cpu``, ``paper``) or a JSON file."""
+    """A built-in study by name (:func:`~mddose.utils.builtin.builtin_studies`) or a JSON file."""
     p = Path(name_or_path)
     builtin = builtin_studies()
     if not p.exists() and str(name_or_path) in builtin:
