@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from mddose.diffusion import GaussianDiffusion
 from mddose.errors import MddoseError
 from mddose.train.config import RECIPES, DiffusionConfig, TrainConfig
 from mddose.kinds.diffusion2d import DiffusionObjective
@@ -93,7 +94,7 @@ def test_every_lever_is_a_json_key_and_round_trips():
     assert (cfg.warmup_steps, cfg.val_samples) == (50, 4)
     assert dataclasses.asdict(cfg.diffusion) == {**dataclasses.asdict(DiffusionConfig()), **LEVERS["diffusion"]}
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    d = cfg.diffusion.make_diffusion()
+    d = GaussianDiffusion(cfg.diffusion)
     assert (d.prediction, d.loss_weighting, d.min_snr_gamma) == ("x0", "min_snr", 4.0)
 
 
@@ -103,7 +104,7 @@ def test_defaults_are_the_behaviour_before_the_levers():
     diff = cfg.diffusion
     assert (diff.prediction, diff.loss_weighting, diff.min_snr_gamma, diff.mask_weight) == ("eps", "uniform", 5.0, None)
     assert diff.loss_type == "mse"
-    assert diff.make_diffusion().to_dict() == {"num_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
+    assert GaussianDiffusion(diff).to_dict() == {"num_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
                                                "schedule": "linear", "prediction": "eps"}   # checkpoint entry as before
 
 

@@ -57,16 +57,18 @@ class PhantomSplit:
         """From a JSON object (``"n"`` read as ``"train"``); unknown keys or bad values → one line naming ``where``."""
         if isinstance(d, cls):
             return d
+        spelled = "train"
         if isinstance(d, dict) and "n" in d:
             if "train" in d:
                 raise MddoseError(f"{where}: {prefix}n and {prefix}train say the same thing; keep 'train'")
-            d = {("train" if k == "n" else k): v for k, v in d.items()}
+            d, spelled = {("train" if k == "n" else k): v for k, v in d.items()}, "n"
         try:
             return dataclass_from_dict(cls, d, where, prefix=prefix)
-        except MddoseError as exc:
+        except MddoseError as exc:         # named as the file and the key were written
             msg = str(exc)
-            raise MddoseError(msg.replace("phantoms: ", f"{where}: {prefix}", 1) if msg.startswith("phantoms: ")
-                              else msg) from None
+            if msg.startswith("phantoms: "):
+                msg = f"{where}: {prefix}{msg[len('phantoms: '):]}"
+            raise MddoseError(msg.replace(f"{prefix}train ", f"{prefix}{spelled} ")) from None
 
 
 def list_patients(spec: str | tuple[str, ...] | list[str]) -> tuple[list[Path], list[tuple[str, str]]]:

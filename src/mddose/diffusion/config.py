@@ -3,12 +3,13 @@
 :class:`DiffusionConfig` is the train config's ``diffusion`` section and the checkpoint's ``diffusion`` entry;
 :class:`~mddose.diffusion.schedule.GaussianDiffusion` is built from it. Every field has its one default below
 and its one check in :meth:`DiffusionConfig.__post_init__` (one-line :class:`MddoseError` messages
-``"diffusion: <key> must be ..."``; the train config adds the file's name in front).
+``"diffusion.<key> must be ..."``; the train config and the checkpoint add the file's name in front).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,6 @@ SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "v", "x0")
 LOSS_WEIGHTINGS = ("uniform", "min_snr")
 LOSS_TYPES = ("mse", "l1")
-WHERE = "diffusion"
 
 
 @dataclass(frozen=True)
@@ -44,23 +44,24 @@ class DiffusionConfig:
     loss_type: str = "mse"
 
     def __post_init__(self) -> None:
-        w = WHERE
+        w = ""                 # messages name the key as "diffusion.<key>"; the caller adds the file
         for key, choices in (("schedule", SCHEDULES), ("prediction", PREDICTIONS),
                              ("loss_weighting", LOSS_WEIGHTINGS), ("loss_type", LOSS_TYPES)):
-            if not isinstance(getattr(self, key), str) or getattr(self, key) not in choices:
-                raise MddoseError(f"{w}: {key} must be one of {', '.join(choices)}, got {getattr(self, key)!r}")
-        check_number(w, "num_timesteps", self.num_timesteps, integer=True, at_least=1)
+            if not isinstance(getattr(self, key), str):
+                raise MddoseError(f"diffusion.{key} must be a string, got {getattr(self, key)!r}")
+            if getattr(self, key) not in choices:
+                raise MddoseError(f"diffusion.{key} must be one of {', '.join(choices)}, got {getattr(self, key)!r}")
+        check_number(w, "diffusion.num_timesteps", self.num_timesteps, integer=True, at_least=1)
         for key in ("beta_start", "beta_end"):
-            check_number(w, key, getattr(self, key), above=0, below=1)
+            check_number(w, f"diffusion.{key}", getattr(self, key), above=0, below=1)
         if not self.beta_start <= self.beta_end:
-            raise MddoseError(f"{w}: need 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}")
-        if isinstance(self.min_snr_gamma, bool) or not isinstance(self.min_snr_gamma, (int, float)) \
-                or not self.min_snr_gamma > 0:           # inf allowed (= the uniform loss)
-            raise MddoseError(f"{w}: min_snr_gamma must be a number > 0, got {self.min_snr_gamma!r}")
+            raise MddoseError(f"diffusion: need 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}")
+        if self.min_snr_gamma != math.inf:             # inf allowed (= the uniform loss)
+            check_number(w, "diffusion.min_snr_gamma", self.min_snr_gamma, above=0)
         if self.mask_weight is not None:
-            check_number(w, "mask_weight", self.mask_weight, at_least=0, hint=" (null: no mask weighting)")
+            check_number(w, "diffusion.mask_weight", self.mask_weight, at_least=0, hint=" (null: no mask weighting)")
         if self.loss_type == "l1" and self.loss_weighting != "uniform":
-            raise MddoseError(f"{w}: loss_type 'l1' takes loss_weighting 'uniform' only (Min-SNR-γ weights "
+            raise MddoseError("diffusion.loss_type 'l1' takes loss_weighting 'uniform' only (Min-SNR-γ weights "
                               "are derived for squared errors)")
 
     def to_dict(self) -> dict[str, Any]:

@@ -205,9 +205,9 @@ class TrainConfig:
             if getattr(self, k) is not None and not isinstance(getattr(self, k), bool):
                 raise MddoseError(f"{w}: {k} must be true or false, got {getattr(self, k)!r}")
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
-        if isinstance(self.data, dict):
+        if not isinstance(self.data, DataConfig):
             set_("data", dataclass_from_dict(DataConfig, self.data, w, prefix="data."))
-        if isinstance(self.diffusion, dict):
+        if not isinstance(self.diffusion, DiffusionConfig):
             set_("diffusion", _section(DiffusionConfig, self.diffusion, "diffusion."))
         set_("inputs", self.kind.parse_inputs(self.inputs, phantoms=self.data.train is None, where=w,
                                               defaults=self._preset_grid()))

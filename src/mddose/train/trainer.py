@@ -40,6 +40,7 @@ from mddose.train.distributed import (DistInfo, EpochBatchSampler, all_reduce_me
                                       init_distributed)
 from mddose.train.ema import EMA
 from mddose.train.logs import RunLogger
+from mddose.utils.device import pick_device
 from mddose.utils.fs import atomic_dir, atomic_write
 from mddose.utils.log import logger
 
@@ -101,7 +102,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, model: nn.Module, train_ds: Dataset, out_dir: str | Path, *,
                  validate: Callable[[nn.Module], float] | None = None, progress: bool = True,
                  dist: DistInfo | None = None):
-        from mddose.models.registry import kind_of
+        from mddose.models.registry import ModelConfig, kind_of
         self.cfg = cfg.resolved()
         self.dist = dist or DistInfo(device=pick_device(self.cfg.device, what="device"))
         self.device = self.dist.device
@@ -110,7 +111,7 @@ class Trainer:
         self.train_ds = train_ds
         mcfg = getattr(model, "config", None)
         try:
-            self.kind = kind_of(mcfg)
+            self.kind = kind_of(mcfg) if isinstance(mcfg, ModelConfig) else self.cfg.kind
         except KeyError:             # no config, or one of an unregistered class: go by the train config
             self.kind = self.cfg.kind
         self.objective = self.kind.objective(self.cfg)

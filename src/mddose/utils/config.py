@@ -56,14 +56,16 @@ def check_number(where: str, key: str, v: Any, *, integer: bool = False, at_leas
                  above: float | None = None, below: float | None = None, hint: str = "") -> Any:
     """``v`` if it is an integer (``integer``) or a finite number, ``>= at_least``, ``> above`` and ``< below``;
     else a one-line :class:`MddoseError` ``"{where}: {key} must be an integer|a number[, got v]"`` or
-    ``"... must be >= 1{hint}, got 0"``. Booleans, strings and NaN are refused; an integer field takes no float."""
+    ``"... must be >= 1{hint}, got 0"`` (``where`` empty: no prefix). Booleans, strings and NaN are refused; an
+    integer field takes no float."""
+    head = f"{where}: {key}" if where else key
     number = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
     if not number or (integer and not isinstance(v, int)):
-        raise MddoseError(f"{where}: {key} must be {'an integer' if integer else 'a number'}, got {v!r}")
+        raise MddoseError(f"{head} must be {'an integer' if integer else 'a number'}, got {v!r}")
     for ok, rel, bound in ((at_least is None or v >= at_least, ">=", at_least), (above is None or v > above, ">", above),
                            (below is None or v < below, "<", below)):
         if not ok:
-            raise MddoseError(f"{where}: {key} must be {rel} {bound}{hint}, got {v}")
+            raise MddoseError(f"{head} must be {rel} {bound}{hint}, got {v}")
     return v
 
 
