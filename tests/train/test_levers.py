@@ -19,7 +19,7 @@ from mddose.errors import MddoseError
 from mddose.train.config import RECIPES, DiffusionConfig, TrainConfig
 from mddose.kinds.diffusion2d import DiffusionObjective
 from mddose.train.trainer import Trainer
-from tests.train.test_trainer import DictDataset, tiny_config, tiny_model
+from tests.train.test_trainer import DictDataset, slice_dose_score, tiny_config, tiny_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tiny models: fastest single-threaded
@@ -235,7 +235,6 @@ def test_validator_passes_val_samples(monkeypatch):
 
 def test_slice_score_averages_the_samples():
     from mddose.diffusion import GaussianDiffusion, sample
-    from mddose.kinds.diffusion2d import slice_dose_score
 
     d, ds, net = GaussianDiffusion(), DictDataset(n=4), tiny_model().eval()
     cond, dose = ds.cond, ds.dose

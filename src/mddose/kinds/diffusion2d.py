@@ -84,7 +84,7 @@ def sample_slices(model, diffusion, cond: Tensor, *, device, sampler: str, steps
     return (torch.cat(means), torch.cat(stds)) if means else (torch.zeros(0), torch.zeros(0))
 
 
-def _validation_sample(model, diffusion, cond: Tensor, device, sampler: str, steps: int, seed: int, batch_size: int,
+def validation_sample(model, diffusion, cond: Tensor, device, sampler: str, steps: int, seed: int, batch_size: int,
                        samples: int) -> Tensor:
     """(S, 1, H, W) mean of ``samples`` samples per slice; with K samples a call holds ``batch_size // K`` slices
     (at least 1), so that the network still sees about ``batch_size`` rows."""
@@ -118,32 +118,13 @@ def patient_dose_score(model: nn.Module, diffusion, patients: Sequence, slice_cf
             continue
         keep = np.unique(np.linspace(0, len(arr.z) - 1, min(per_patient, len(arr.z))).round().astype(int))
         cond, z = torch.from_numpy(arr.cond[keep]), arr.z[keep]
-        pred = _validation_sample(model, diffusion, cond, device, sampler, steps, seed, batch_size, samples)
+        pred = validation_sample(model, diffusion, cond, device, sampler, steps, seed, batch_size, samples)
         vol = slices_to_volume(pred, z, p, slice_cfg)
         mask = p.dose_mask()[z]
         if mask.any():
             scores.append(float(np.abs(vol[z] - p.dose[z])[mask].mean()))
     model.train(was_training)
     return float(np.mean(scores)) if scores else float("nan")
-
-
-@torch.no_grad()
-def slice_dose_score(model: nn.Module, diffusion, cond: Tensor, dose: Tensor, reference_dose: float, *,
-                     sampler: str = "ddim", steps: int = 10, seed: int = 0, batch_size: int = 16,
-                     device: torch.device | str = "cpu", samples: int = 1) -> float:
-    """Mean absolute error (Gy) on slices, over pixels where the reference dose is > 0.
-
-    cond: (S, C, H, W); dose: (S, 1, H, W) in data units (dose / reference dose); each slice predicted as the
-    mean of ``samples`` samples.
-    """
-    was_training = model.training
-    model.eval()
-    pred = _validation_sample(model, diffusion, cond, device, sampler, steps, seed, batch_size, samples)
-    model.train(was_training)
-    mask = dose > 0
-    if not mask.any():
-        mask = torch.ones_like(dose, dtype=torch.bool)
-    return float(((pred - dose).abs() * reference_dose)[mask].mean())
 
 
 # ---------------------------------------------------------------------------------------------- objective

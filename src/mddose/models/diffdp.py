@@ -124,7 +124,8 @@ def conv_structure_encoder(cfg: DiffDPConfig) -> PyramidEncoder2d:
 
 
 class DiffDP(ConditionedDenoiser):
-    """Noise predictor ``model(x_t (B,1,H,W), t (B,), cond (B,C,H,W)) -> eps (B,1,H,W)`` (see module docstring)."""
+    """Denoiser ``model(x_t (B,1,H,W), t (B,), cond (B,C,H,W)) -> (B,1,H,W)``: ε, v or x0, as the diffusion config's
+    ``prediction`` says (see module docstring)."""
 
     NAME = "diffdp"
 

@@ -223,7 +223,8 @@ class MambaEncoder(nn.Module):
 
 
 class MDDose(ConditionedDenoiser):
-    """Noise predictor ``model(x_t (B,1,H,W), t (B,), cond (B,C,H,W)) -> eps (B,1,H,W)``."""
+    """Denoiser ``model(x_t (B,1,H,W), t (B,), cond (B,C,H,W)) -> (B,1,H,W)``: ε, v or x0, as the diffusion config's
+    ``prediction`` says."""
 
     NAME = "md-dose"
 

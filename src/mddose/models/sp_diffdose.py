@@ -188,7 +188,8 @@ def structure_encoder(cfg: SPDiffDoseConfig) -> PyramidEncoder2d:
 
 
 class SPDiffDose(ConditionedDenoiser):
-    """Noise predictor ``model(x_t (B,1,H,W), t (B,), cond (B,C,H,W)) -> eps (B,1,H,W)`` (see module docstring)."""
+    """Denoiser ``model(x_t (B,1,H,W), t (B,), cond (B,C,H,W)) -> (B,1,H,W)``: ε, v or x0, as the diffusion config's
+    ``prediction`` says (see module docstring)."""
 
     NAME = "sp-diffdose"
 
