@@ -78,6 +78,9 @@ def test_regression_training_learns_and_keeps_the_best(tmp_path):
     assert b.volume_config.size == 16 and b.model.config.grid_size == 16
     meta = json.loads((best / "config.json").read_text())
     assert meta["train_config"]["amsgrad"] is True and meta["train_config"]["lr_schedule"] == "cosine"
+    # each setting once: the grid as the input config's size, the input config outside the train config
+    assert "grid_size" not in meta["model"] and meta["volume_config"]["size"] == 16
+    assert "volume" not in meta["train_config"] and b.train_config.inputs == b.volume_config
 
 
 @pytest.mark.parametrize("model,key", [("c3d", "slices"), ("md-dose", "volume")])

@@ -179,9 +179,13 @@ def build_model(name_or_config: str | ModelConfig, preset: str | None = None, **
     return model
 
 
-def build_model_from_dict(d: dict[str, Any], where: str = "model config") -> nn.Module:
-    """Build from ``config.to_dict()`` output (the ``"model"`` key names the architecture)."""
+def build_model_from_dict(d: dict[str, Any], where: str = "model config",
+                          defaults: dict[str, Any] | None = None) -> nn.Module:
+    """Build from ``config.to_dict()`` output (the ``"model"`` key names the architecture); ``defaults``: values of
+    fields ``d`` leaves out, for the fields the model's config has (a checkpoint's grid: the data's size)."""
     name = d.get("model")
     if name not in _REGISTRY:
         raise MddoseError(f"{where}: unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return build_model(_REGISTRY[name].config_cls.from_dict(d, where=where))
+    cls = _REGISTRY[name].config_cls
+    own = {f.name for f in dataclasses.fields(cls)}
+    return build_model(cls.from_dict({**{k: v for k, v in (defaults or {}).items() if k in own}, **d}, where=where))

@@ -147,9 +147,14 @@ def checkpoint_config(model: nn.Module, *, data_config: dict[str, dict], train_c
     {...}}``); ``kind``: the name of the model's kind; ``kind_meta``: the kind's own entries
     (:meth:`~mddose.kinds.base.ModelKind.checkpoint_meta`, e.g. ``diffusion={...}``)."""
     from mddose import __version__
+    from mddose.train.config import GRID_FIELDS
     mcfg = getattr(unwrap(model), "config", None)
+    grid = next((d.get("size") for d in data_config.values() if isinstance(d, dict)), None)
+    mdict = mcfg.to_dict() if mcfg is not None else None
+    if mdict is not None and grid is not None:     # the grid is the data's, stored once (as its size)
+        mdict = {k: v for k, v in mdict.items() if not (k in GRID_FIELDS and v == grid)}
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "mddose_version": __version__, "kind": kind,
-            "model": mcfg.to_dict() if mcfg is not None else None, **data_config, **kind_meta,
+            "model": mdict, **data_config, **kind_meta,
             "train_config": train_config, "step": int(step), "epoch": int(epoch)}
 
 
@@ -326,7 +331,10 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         if not cfg.get("model"):
             raise MddoseError("checkpoint has no model config", where)
         from mddose.models.registry import build_model_from_dict
-        model = build_model_from_dict(cfg["model"], where=str(where))
+        from mddose.train.config import GRID_FIELDS
+        grid = getattr(inputs, "size", None)        # the model's grid fields, stored once as the data's size
+        model = build_model_from_dict(cfg["model"], where=str(where),
+                                      defaults={k: grid for k in GRID_FIELDS if grid is not None})
     ema_sd = _load_tensors(path / "ema.safetensors")
     load_state_dict_checked(model, ema_sd, path / "ema.safetensors")
     if raw:
