@@ -40,7 +40,6 @@ from mddose.utils.config import check_keys, dataclass_from_dict, read_json_objec
 TABLES = ("table1", "table3")
 #: TrainConfig fields a study sets itself (a method's "train" section may not)
 STUDY_OWNED = ("model", "preset", "model_overrides", "data", "max_steps", "time_budget_s")
-PREDICT_KEYS = ("sampler", "steps", "eta", "samples", "tta")
 
 
 @dataclass(frozen=True)
@@ -183,7 +182,8 @@ def study_from_dict(raw: dict, where: str = "study config") -> StudyConfig:
     predict = raw.get("predict", {})
     if not isinstance(predict, dict):
         raise MddoseError(f"{where}: predict must be an object")
-    check_keys(predict, PREDICT_KEYS, where, "predict.")
+    from mddose.kinds import all_kinds
+    check_keys(predict, [k for kind in all_kinds().values() for k in kind.options], where, "predict.")
     cfg = StudyConfig(name=str(raw["name"]), methods=methods, data=data, reference=str(raw["reference"]),
                       budget=dict(budget), predict=dict(predict), seed=int(raw.get("seed", 0)),
                       description=str(raw.get("description", "")))
