@@ -35,7 +35,7 @@ from typing import Any
 
 from mddose.errors import MddoseError
 from mddose.utils.builtin import builtin_studies  # noqa: F401  (also this module's name for it)
-from mddose.utils.config import check_keys, dataclass_from_dict, read_json_object
+from mddose.utils.config import check_keys, check_number, dataclass_from_dict, read_json_object
 
 TABLES = ("table1", "table3")
 #: TrainConfig fields a study sets itself (a method's "train" section may not)
@@ -176,9 +176,8 @@ def study_from_dict(raw: dict, where: str = "study config") -> StudyConfig:
     budget = raw["budget"]
     if not isinstance(budget, dict) or len(budget) != 1 or next(iter(budget)) not in ("minutes", "steps"):
         raise MddoseError(f"{where}: budget must be {{\"minutes\": M}} or {{\"steps\": N}} (one, the same for all)")
-    value = next(iter(budget.values()))
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise MddoseError(f"{where}: budget must be a positive number, got {value!r}")
+    key, value = next(iter(budget.items()))
+    check_number(where, f"budget.{key}", value, integer=key == "steps", above=0)
     predict = raw.get("predict", {})
     if not isinstance(predict, dict):
         raise MddoseError(f"{where}: predict must be an object")

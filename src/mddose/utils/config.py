@@ -89,6 +89,18 @@ def check_int_tuple(where: str, cfg: Any, name: str, minimum: int = 1, allow_emp
     object.__setattr__(cfg, name, tuple(v))
 
 
+def check_grid_size(where: str, grid: Any, levels: int) -> None:
+    """The one check of a 3D model's ``grid_size`` (None: not known yet): an integer multiple of 2^(levels-1),
+    at least twice that (every level halves it); else a one-line :class:`MddoseError`."""
+    if grid is None:
+        return
+    check_number(where, "grid_size", grid, integer=True, at_least=1)
+    mult = 2 ** (levels - 1)
+    if grid % mult or grid < 2 * mult:
+        raise MddoseError(f"{where}: grid_size must be a multiple of {mult} (2^(levels-1)) and at least {2 * mult}, "
+                          f"got {grid}")
+
+
 def read_json_object(path: str | os.PathLike, what: str = "JSON file") -> dict:
     """The JSON object in ``path``; missing, unreadable, malformed or non-object → one-line MddoseError."""
     path = Path(path)
