@@ -143,7 +143,8 @@ def run_demo(out: str | Path = "mddose-demo", *, config: DemoConfig = DemoConfig
         json.dump(info, fh, indent=2)
     with atomic_write(out / "summary.md", "w") as fh:
         fh.write(_summary_md(info, mae))
-    _stage(f"done in {total_s / 60:.1f} min (training {steps_done} steps: {train_s / 60:.1f} min): dose score {info['dose_score']:.2f} Gy, "
+    _stage(f"done in {total_s / 60:.1f} min (training {steps_done} steps: {train_s / 60:.1f} min): "
+           f"dose score {info['dose_score']:.2f} Gy, "
            f"DVH score {info['dvh_score']:.2f} Gy -> {out / 'summary.md'}")
     return out
 

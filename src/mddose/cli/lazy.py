@@ -30,5 +30,6 @@ def option_help(kind: str, name: str, text: str | Callable[[], str]) -> LazyHelp
 
         models = ", ".join(m for m in available_models() if model_info(m).kind == kind)
         default = get_kind(kind).options[name]
-        return f"{text() if callable(text) else text} ({models}; default: the checkpoint's, else {default!r})".replace("%", "%%")
+        text_ = text() if callable(text) else text
+        return f"{text_} ({models}; default: the checkpoint's, else {default!r})".replace("%", "%%")
     return LazyHelp(make)

@@ -11,7 +11,8 @@ def register(sub) -> None:
                                    "patients, predicts the same test patients and is scored alike; writes "
                                    "table1.md/.csv, table2.md, table3.md, study.json and report.html into --out. "
                                    "Finished work is kept: a re-run (or --resume) continues where it stopped.")
-    p.add_argument("--config", required=True, help=f"a study JSON file, or a built-in study: {' | '.join(builtin_studies())}")
+    p.add_argument("--config", required=True,
+                   help=f"a study JSON file, or a built-in study: {' | '.join(builtin_studies())}")
     p.add_argument("--out", required=True, help="study directory")
     p.add_argument("--resume", action="store_true",
                    help="continue the study in --out (also with another --budget-minutes)")

@@ -54,7 +54,8 @@ class PhantomSplit:
 
     @classmethod
     def from_dict(cls, d: Any, where: str, prefix: str = "data.phantoms.") -> "PhantomSplit":
-        """From a JSON object (``"n"`` read as ``"train"``); unknown keys or bad values → one line naming ``where``."""
+        """From a JSON object (``"n"`` read as ``"train"``); unknown keys or bad values → one line naming
+        ``where``."""
         if isinstance(d, cls):
             return d
         spelled = "train"

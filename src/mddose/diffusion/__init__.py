@@ -13,5 +13,5 @@ from mddose.diffusion.samplers import (SAMPLERS, Denoiser, sample, sample_ddim, 
                                        timesteps)
 from mddose.diffusion.schedule import LOSS_WEIGHTINGS, PREDICTIONS, GaussianDiffusion, make_betas
 
-__all__ = ["Denoiser", "DiffusionConfig", "GaussianDiffusion", "LOSS_WEIGHTINGS", "PREDICTIONS", "SAMPLERS", "make_betas", "sample",
-           "sample_ddim", "sample_ddpm", "sample_dpmpp2m", "timesteps"]
+__all__ = ["Denoiser", "DiffusionConfig", "GaussianDiffusion", "LOSS_WEIGHTINGS", "PREDICTIONS", "SAMPLERS",
+           "make_betas", "sample", "sample_ddim", "sample_ddpm", "sample_dpmpp2m", "timesteps"]

@@ -212,7 +212,8 @@ class Diffusion2D(ModelKind):
 
         if (name in ("steps", "samples") and value < 1) or (name == "eta" and value < 0) \
                 or (name == "sampler" and value not in SAMPLERS):
-            rule = {"steps": "≥ 1", "samples": "≥ 1", "eta": "≥ 0", "sampler": f"one of {', '.join(SAMPLERS)}"}[name]
+            rule = {"steps": "≥ 1", "samples": "≥ 1", "eta": "≥ 0",
+                    "sampler": f"one of {', '.join(SAMPLERS)}"}[name]
             raise MddoseError(f"{where}: {name} must be {rule}, got {value!r}")
 
     def predict(self, bundle, patient, opts: dict, *, batch: int, seed: int, progress: bool):

@@ -147,12 +147,13 @@ def checkpoint_config(model: nn.Module, *, data_config: dict[str, dict], train_c
     {...}}``); ``kind``: the name of the model's kind; ``kind_meta``: the kind's own entries
     (:meth:`~mddose.kinds.base.ModelKind.checkpoint_meta`, e.g. ``diffusion={...}``)."""
     from mddose import __version__
-    from mddose.train.config import GRID_FIELDS
     mcfg = getattr(unwrap(model), "config", None)
     grid = next((d.get("size") for d in data_config.values() if isinstance(d, dict)), None)
     mdict = mcfg.to_dict() if mcfg is not None else None
-    if mdict is not None and grid is not None:     # the grid is the data's, stored once (as its size)
-        mdict = {k: v for k, v in mdict.items() if not (k in GRID_FIELDS and v == grid)}
+    if mdict is not None and grid is not None and mdict.get("grid_size") == grid:
+        # a 3D model's grid is the volume config's size, stored once (a 2D model's image_size stays in its config:
+        # the official md-dose sizes its position embeddings by it, which its weights carry)
+        del mdict["grid_size"]
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "mddose_version": __version__, "kind": kind,
             "model": mdict, **data_config, **kind_meta,
             "train_config": train_config, "step": int(step), "epoch": int(epoch)}
