@@ -105,7 +105,7 @@ def run_demo(out: str | Path = "mddose-demo", *, config: DemoConfig = DemoConfig
     _stage(f"    trained {steps_done} steps in {train_s / 60:.1f} min ({train_s / max(steps_done, 1):.2f} s/step)")
 
     # 3. prediction --------------------------------------------------------------------------------
-    _stage(f"3/5 predicting {c.n_test} held-out phantoms ({c.sampler}, {c.steps} steps, {c.samples} samples)")
+    _stage(f"3/5 predicting {split.test} held-out phantoms ({c.sampler}, {c.steps} steps, {c.samples} samples)")
     from mddose.predict import predict_to_dir
 
     pred_dir = out / "predictions"
