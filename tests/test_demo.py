@@ -7,16 +7,18 @@ import json
 import pytest
 
 from mddose.cli.main import main
+from mddose.data.sources import PhantomSplit
 from mddose.demo import DemoConfig, run_demo
 
 
 @pytest.mark.slow
 def test_demo_writes_results_and_usable_checkpoint(tmp_path, capsys):
     out = tmp_path / "demo"
-    cfg = DemoConfig(n_train=2, n_val=1, n_test=1, train_minutes=0.05, steps=2, samples=2)
+    cfg = DemoConfig(phantoms=PhantomSplit(train=2, val=1, test=1), train_steps=3, steps=2, samples=2)
     run_demo(out, config=cfg, progress=False)
     info = json.loads((out / "summary.json").read_text())
-    assert info["patients"] == ["pt_1"]
+    assert info["patients"] == ["pt_1"] and info["train_steps"] == 3 and info["train_seconds"] > 0
+    assert "trained for 3 steps on this machine" in (out / "summary.md").read_text()
     assert info["dose_score"] > 0 and info["dvh_score"] > 0
     for name in ("summary.md", "dose_maps.png", "dvh.png", "report.html", "checkpoint/config.json",
                  "predictions/pt_1.nii.gz", "predictions/uncertainty/pt_1.nii.gz"):
@@ -32,6 +34,16 @@ def test_demo_writes_results_and_usable_checkpoint(tmp_path, capsys):
     assert (out / "summary.json").is_file()
 
 
-def test_demo_rejects_bad_minutes(capsys):
-    assert main(["demo", "--minutes", "0"]) == 2
-    assert "--minutes" in capsys.readouterr().err
+def test_demo_rejects_bad_train_steps(capsys):
+    assert main(["demo", "--train-steps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--train-steps must be >= 1" in err and err.count("\n") == 1
+
+
+def test_demo_trains_a_fixed_number_of_steps():
+    """The same model on every machine: the shipped demo config bounds training by steps, not by time."""
+    from mddose.train.config import builtin_config, load_train_config
+
+    cfg = load_train_config(builtin_config("demo"))
+    assert cfg.time_budget_s is None and cfg.max_steps == 600
+    assert DemoConfig().train_steps is None and DemoConfig().phantoms.seeds("test") == range(18, 22)

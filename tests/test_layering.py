@@ -5,7 +5,11 @@ Layers, bottom to top (a module may import its own layer and the layers below, n
 0. ``errors``, ``utils`` (and the package's ``__init__``);
 1. ``data``, ``ops``, ``diffusion``;
 2. ``nn``, ``evaluate``;
-3. ``models``, ``train``, ``predict``, ``cli``, ``bench``, ``demo`` (and ``study``).
+3. ``kinds`` (what differs between kinds of model: objective, inputs, prediction);
+4. ``models`` (each registry entry points to its kind);
+5. ``train``, ``predict``;
+6. ``study``, ``bench``, ``demo`` (orchestrators: train, predict and evaluate);
+7. ``cli`` (the thin command-line layer over everything).
 
 Every import counts, wherever it is written (module level, inside a function, under ``if TYPE_CHECKING``),
 and so do dynamic ones: ``importlib.import_module("mddose.x")`` and any string constant that names a module
@@ -29,8 +33,11 @@ LAYERS: dict[str, int] = {
     "__init__": 0, "errors": 0, "utils": 0,
     "data": 1, "ops": 1, "diffusion": 1,
     "nn": 2, "evaluate": 2,
-    "models": 3, "train": 3, "predict": 3, "cli": 3, "bench": 3, "demo": 3,
-    "study": 3,         # runs whole studies: train, predict, evaluate (an orchestrator, like cli)
+    "kinds": 3,
+    "models": 4,
+    "train": 5, "predict": 5,
+    "study": 6, "bench": 6, "demo": 6,      # orchestrators: train, predict, evaluate
+    "cli": 7,
 }
 
 
@@ -200,6 +207,19 @@ def test_no_import_cycle():
 
 
 # ------------------------------------------------------------------ the checker itself can fail
+@pytest.mark.parametrize("source, target", [
+    ("mddose.models.registry", "mddose.cli.main"), ("mddose.models.md_dose", "mddose.train.config"),
+    ("mddose.kinds.base", "mddose.models.registry"), ("mddose.train.trainer", "mddose.study.runner"),
+    ("mddose.predict.patient", "mddose.bench.model"), ("mddose.study.runner", "mddose.cli.study"),
+    ("mddose.demo", "mddose.cli.main"), ("mddose.evaluate.run", "mddose.predict.batch"),
+])
+def test_an_import_up_the_floors_would_fail(source, target):
+    """The top of the house has floors too: e.g. a model importing the command line is refused."""
+    assert source in MODULES and target in MODULES
+    assert layer_of(target) > layer_of(source)
+
+
+
 def _edges(pairs: dict[str, str]) -> dict[str, list[Edge]]:
     graph: dict[str, list[Edge]] = {}
     for source, targets in pairs.items():

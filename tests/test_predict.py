@@ -291,9 +291,9 @@ def test_duplicate_ids_are_refused_by_name(checkpoint, patients_with_duplicate, 
 def test_any_failure_of_one_patient_is_reported_and_the_batch_goes_on(checkpoint, patients_dir, tmp_path, capsys,
                                                                       monkeypatch, where, exc):
     import mddose.data.io as data_io
-    import mddose.predict as predict_mod
+    import mddose.predict.batch as predict_mod
 
-    target = {"load": (data_io, "load_patient"), "predict": (predict_mod, "predict_patient"),
+    target = {"load": (data_io, "load_patient"), "predict": (predict_mod, "predict_resolved"),
               "write": (predict_mod, "write_prediction")}[where]
     real = getattr(*target)
 

@@ -28,9 +28,9 @@ def test_round_trip_through_json(cls):
 @pytest.mark.parametrize("bad, match", [
     ({"size": "abc"}, "size must be an integer"),
     ({"size": True}, "size must be an integer"),
-    ({"size": 4}, "size must be an integer ≥ 8"),
-    ({"reference_dose": "70"}, "reference_dose must be a positive number"),
-    ({"reference_dose": float("nan")}, "reference_dose must be a positive number"),
+    ({"size": 4}, "size must be >= 8"),
+    ({"reference_dose": "70"}, "reference_dose must be a number"),
+    ({"reference_dose": float("nan")}, "reference_dose must be a number"),
     ({"ct_clip": ["low", 100]}, "ct_clip must be"),
     ({"ct_clip": [100, -100]}, "ct_clip must be"),
     ({"targets": "PTV"}, "targets must be a list"),

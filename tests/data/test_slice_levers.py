@@ -353,7 +353,7 @@ def test_new_config_is_rebuilt_not_reused(cache_dir, phantom, monkeypatch):
 
 # ---------------------------------------------------------------------------------------------- augmentation
 def test_augmentation_keeps_mask_and_dose_aligned(cache_dir, focused):
-    from mddose.train.data import AugmentedView
+    from mddose.kinds.diffusion2d import AugmentedView
 
     cfg = SliceConfig.for_phantoms(size=64, flip_x=True, flip_y=True, rot90=True, neighbours=1)
     ds = SliceDataset([focused], cfg, augment=True, dtype="float32")
@@ -405,10 +405,10 @@ def test_training_data_and_prediction_follow_the_levers(cache_dir, tmp_path):
     from mddose.predict import predict_patient
     from mddose.train.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
     from mddose.train.config import DataConfig, TrainConfig
-    from mddose.train.data import build_slice_data
+    from mddose.kinds.diffusion2d import build_slice_data
 
     levers = {"size": 32, "crop": "dose_box", "crop_margin": 2, "neighbours": 1}
-    tc = TrainConfig(model="md-dose", preset="tiny", slices=levers, device="cpu",
+    tc = TrainConfig(model="md-dose", preset="tiny", inputs=levers, device="cpu",
                      data=DataConfig(phantoms={"n": 1, "seed": 0, "size": 32, "val": 0}))
     data = build_slice_data(tc)
     cfg = data.data_config

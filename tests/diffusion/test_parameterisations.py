@@ -212,9 +212,9 @@ def test_weight_of_the_wrong_shape_is_refused():
 # ---------------------------------------------------------------------------- config
 @pytest.mark.parametrize("kwargs,match", [({"prediction": "sample"}, "prediction must be one of eps, v, x0"),
                                           ({"loss_weighting": "snr"}, "loss_weighting must be one of uniform, min_snr"),
-                                          ({"min_snr_gamma": 0}, "min_snr_gamma must be a number > 0"),
-                                          ({"min_snr_gamma": True}, "min_snr_gamma must be a number > 0"),
-                                          ({"min_snr_gamma": float("nan")}, "min_snr_gamma must be a number > 0"),
+                                          ({"min_snr_gamma": 0}, "min_snr_gamma must be > 0"),
+                                          ({"min_snr_gamma": True}, "min_snr_gamma must be a number"),
+                                          ({"min_snr_gamma": float("nan")}, "min_snr_gamma must be a number"),
                                           ({"loss_type": "huber"}, "loss_type must be one of mse, l1"),
                                           ({"loss_type": "l1", "loss_weighting": "min_snr"},
                                            "'l1' takes loss_weighting 'uniform' only")])
@@ -233,5 +233,5 @@ def test_to_dict_keeps_the_default_entry_and_round_trips_the_new_settings():
     l1 = GaussianDiffusion(prediction="x0", loss_type="l1").to_dict()
     assert l1["loss_type"] == "l1" and GaussianDiffusion.from_dict(l1).loss_type == "l1"
     assert "loss_type" not in GaussianDiffusion(prediction="x0").to_dict()   # default: the entry as before
-    with pytest.raises(MddoseError, match="ckpt: diffusion: loss_weighting must be"):
+    with pytest.raises(MddoseError, match="ckpt: diffusion.loss_weighting must be"):
         GaussianDiffusion.from_dict({"loss_weighting": "p2"}, "ckpt")

@@ -12,7 +12,7 @@ from mddose.errors import MddoseError
 
 @pytest.mark.parametrize("T,b0,b1", [(1000, 1e-4, 0.02), (50, 1e-3, 0.05)])
 def test_linear_schedule_matches_numpy(T, b0, b1):
-    d = GaussianDiffusion(T, b0, b1)
+    d = GaussianDiffusion(num_timesteps=T, beta_start=b0, beta_end=b1)
     betas = b0 + (b1 - b0) * np.arange(T) / (T - 1)
     ab = np.cumprod(1.0 - betas)
     np.testing.assert_allclose(d.betas.numpy(), betas, rtol=1e-12)
@@ -76,7 +76,7 @@ def test_loss_generator_reproducible():
 
 @pytest.mark.parametrize("d,match", [({"num_timesteps": 10, "betas": 1}, r"unknown key\(s\) diffusion\.betas"),
                                      ([], "must be a JSON object"), ({"prediction": "x1"}, "prediction must be"),
-                                     ({"beta_start": "a"}, "bad diffusion config")])
+                                     ({"beta_start": "a"}, "beta_start must be a number")])
 def test_from_dict_refuses_bad_configs_in_one_line(d, match):
     with pytest.raises(MddoseError, match=match) as e:
         GaussianDiffusion.from_dict(d, "ckpt/config.json")

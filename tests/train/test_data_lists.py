@@ -9,7 +9,7 @@ import pytest
 from mddose.data.phantom import write_phantoms
 from mddose.errors import MddoseError
 from mddose.train.config import load_train_config
-from mddose.train.data import list_patients
+from mddose.data.sources import list_patients
 
 
 @pytest.fixture(scope="module")

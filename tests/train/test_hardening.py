@@ -182,7 +182,7 @@ def test_training_skips_broken_patients_names_each_and_exits_2(tmp_path, capsys,
     bad = _broken_collection(tmp_path / "pats")
     rois = {"targets": ["PTV"], "oars": list(PHANTOM_OARS)}
     section = {"slices": {"size": 32, "reference_dose": 70.0, **rois}} if model == "md-dose" else \
-        {"volume": {"size": 16, **rois}, "model_overrides": {"grid_size": 16}}
+        {"volume": {"size": 16, **rois}}
     cfg = {"model": model, "preset": "tiny", "device": "cpu", "batch_size": 2, "epochs": 1, "val_steps": 1,
            "data": {"train": str(tmp_path / "pats"), "val": str(tmp_path / "pats" / "no_dose"),
                     "val_max_slices": 2}, **section}
@@ -215,7 +215,7 @@ def test_all_patients_broken_is_an_error(tmp_path, capsys):
 def test_patient_list_with_a_missing_entry_is_skipped(tmp_path):
     from mddose.data.io import save_patient
     from mddose.data.phantom import make_phantom
-    from mddose.train.data import list_patients
+    from mddose.data.sources import list_patients
 
     save_patient(make_phantom(1, 32), tmp_path / "p1", "nifti")
     lst = tmp_path / "list.txt"

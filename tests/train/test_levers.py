@@ -14,11 +14,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from mddose.diffusion import GaussianDiffusion
 from mddose.errors import MddoseError
 from mddose.train.config import RECIPES, DiffusionConfig, TrainConfig
-from mddose.train.objectives import DiffusionObjective
+from mddose.kinds.diffusion2d import DiffusionObjective
 from mddose.train.trainer import Trainer
-from tests.train.test_trainer import DictDataset, tiny_config, tiny_model
+from tests.train.test_trainer import DictDataset, slice_dose_score, tiny_config, tiny_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tiny models: fastest single-threaded
@@ -93,7 +94,7 @@ def test_every_lever_is_a_json_key_and_round_trips():
     assert (cfg.warmup_steps, cfg.val_samples) == (50, 4)
     assert dataclasses.asdict(cfg.diffusion) == {**dataclasses.asdict(DiffusionConfig()), **LEVERS["diffusion"]}
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    d = cfg.diffusion.make_diffusion()
+    d = GaussianDiffusion(cfg.diffusion)
     assert (d.prediction, d.loss_weighting, d.min_snr_gamma) == ("x0", "min_snr", 4.0)
 
 
@@ -103,7 +104,7 @@ def test_defaults_are_the_behaviour_before_the_levers():
     diff = cfg.diffusion
     assert (diff.prediction, diff.loss_weighting, diff.min_snr_gamma, diff.mask_weight) == ("eps", "uniform", 5.0, None)
     assert diff.loss_type == "mse"
-    assert diff.make_diffusion().to_dict() == {"num_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
+    assert GaussianDiffusion(diff).to_dict() == {"num_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
                                                "schedule": "linear", "prediction": "eps"}   # checkpoint entry as before
 
 
@@ -222,7 +223,7 @@ def test_trainer_with_l1_loss_records_it_in_the_checkpoint(tmp_path):
 
 # ---------------------------------------------------------------------------- samples at validation
 def test_validator_passes_val_samples(monkeypatch):
-    import mddose.train.validate as validate_module
+    import mddose.kinds.diffusion2d as validate_module
 
     seen = {}
     monkeypatch.setattr(validate_module, "patient_dose_score", lambda *a, **kw: seen.update(kw) or 1.5)
@@ -234,7 +235,6 @@ def test_validator_passes_val_samples(monkeypatch):
 
 def test_slice_score_averages_the_samples():
     from mddose.diffusion import GaussianDiffusion, sample
-    from mddose.train.validate import slice_dose_score
 
     d, ds, net = GaussianDiffusion(), DictDataset(n=4), tiny_model().eval()
     cond, dose = ds.cond, ds.dose
@@ -250,7 +250,7 @@ def test_slice_score_averages_the_samples():
 
 
 def test_patient_score_samples_each_slice_k_times_in_batches_of_about_batch_size(monkeypatch):
-    import mddose.train.validate as validate_module
+    import mddose.kinds.diffusion2d as validate_module
     from mddose.data.inputs.slices import SliceConfig
     from mddose.data.phantom import make_phantom
 

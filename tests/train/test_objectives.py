@@ -1,4 +1,4 @@
-"""Objectives: the registry's kind picks the loss, the data and the validation; one trainer for both kinds."""
+"""Objectives: the model's kind (its registry entry's) gives the loss, the data and the validation; one trainer."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 
 from mddose.errors import MddoseError
 from mddose.train.config import DataConfig, TrainConfig
-from mddose.train.objectives import OBJECTIVES, DiffusionObjective, RegressionObjective, objective_for
+from mddose.kinds.diffusion2d import DiffusionObjective
+from mddose.kinds.regression3d import RegressionObjective
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tiny models: fastest single-threaded
@@ -20,10 +21,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")   # tiny models: fastest sing
                                        ("sp-diffdose", DiffusionObjective), ("c3d", RegressionObjective),
                                        ("hd-unet", RegressionObjective)])
 def test_objective_follows_the_registry_kind(model, cls):
-    from mddose.models import model_info
-    obj = objective_for(TrainConfig(model=model).resolved())
-    assert isinstance(obj, cls) and obj.kind == model_info(model).kind
-    assert OBJECTIVES[obj.kind] is cls
+    from mddose.models import kind_of, model_info
+    cfg = TrainConfig(model=model).resolved()
+    assert cfg.kind is kind_of(model) and cfg.kind.name == model_info(model).kind
+    assert isinstance(cfg.kind.objective(cfg), cls)
+    assert isinstance(cfg.inputs, cfg.kind.input_config)          # parsed once, into the kind's type
 
 
 def test_masked_l1_counts_only_masked_voxels():
@@ -64,7 +66,7 @@ def test_regression_training_learns_and_keeps_the_best(tmp_path):
     from mddose.train.checkpoint import load_checkpoint
     from mddose.train.trainer import train
 
-    cfg = _volume_config(lr=3e-3, volume={"size": 16, "rotate": False, "translate": 0})
+    cfg = _volume_config(lr=3e-3, inputs={"size": 16, "rotate": False, "translate": 0})
     best = train(cfg, tmp_path / "run", progress=False)
     rows = (tmp_path / "run" / "logs" / "train.csv").read_text().splitlines()[1:]
     losses = [float(r.split(",")[2]) for r in rows]
@@ -76,15 +78,27 @@ def test_regression_training_learns_and_keeps_the_best(tmp_path):
     assert b.volume_config.size == 16 and b.model.config.grid_size == 16
     meta = json.loads((best / "config.json").read_text())
     assert meta["train_config"]["amsgrad"] is True and meta["train_config"]["lr_schedule"] == "cosine"
+    # each setting once: the grid as the input config's size, the input config outside the train config
+    assert "grid_size" not in meta["model"] and meta["volume_config"]["size"] == 16
+    assert "volume" not in meta["train_config"] and b.train_config.inputs == b.volume_config
 
 
 @pytest.mark.parametrize("model,key", [("c3d", "slices"), ("md-dose", "volume")])
-def test_data_section_of_the_other_kind_is_refused(tmp_path, model, key):
-    from mddose.train.trainer import train
+def test_data_section_of_the_other_kind_is_refused(model, key):
+    with pytest.raises(MddoseError, match=f"^cfg.json: '{key}' is for .* models; {model} is a .* model"):
+        TrainConfig.from_dict({"model": model, key: {"size": 32}}, "cfg.json")
 
-    cfg = _volume_config(model=model, **{key: {"size": 32}})
-    with pytest.raises(MddoseError, match=f"'{key}' is for"):
-        train(cfg, tmp_path / "run", progress=False)
+
+@pytest.mark.parametrize("key", ["grid_size", "image_size"])
+def test_the_grid_is_the_datas(key):
+    """One place sets the grid (the input config's size); the model config takes it from the data."""
+    from mddose.train.trainer import model_config_for
+
+    with pytest.raises(MddoseError, match=f"^cfg.json: model_overrides.{key}: the grid is the data's"):
+        TrainConfig.from_dict({"model": "c3d", "model_overrides": {key: 32}}, "cfg.json")
+    cfg = TrainConfig.from_dict({"model": "c3d", "preset": "tiny", "volume": {"size": 32}})
+    assert cfg.inputs.size == 32 and model_config_for(cfg, cfg.inputs.channels).grid_size == 32
+    assert TrainConfig.from_dict({"model": "c3d", "preset": "small"}).inputs.size == 64    # the preset's grid
 
 
 def test_unknown_structure_encoder_is_refused_before_any_data(tmp_path):

@@ -15,7 +15,7 @@ from mddose.data.phantom import make_phantom
 from mddose.diffusion import GaussianDiffusion
 from mddose.errors import MddoseError
 from mddose.models import build_model
-from mddose.train import shipped
+from mddose.predict import shipped
 from mddose.train.checkpoint import checkpoint_config, export_for_prediction, load_checkpoint, save_checkpoint
 
 
@@ -105,8 +105,9 @@ def test_export_records_the_sampler_defaults_predict_uses(trained, tmp_path, mon
     bundle = load_checkpoint(out)
     assert json.loads((out / "config.json").read_text())["predict"] == {"steps": 3}
     seen = []
-    real = pred_mod.PREDICTORS["diffusion"]
-    monkeypatch.setitem(pred_mod.PREDICTORS, "diffusion", lambda b, p, opts, **kw: (seen.append(opts), real(b, p, opts, **kw))[1])
+    kind = bundle.model_kind
+    real = kind.predict
+    monkeypatch.setattr(kind, "predict", lambda b, p, opts, **kw: (seen.append(opts), real(b, p, opts, **kw))[1])
     p = make_phantom(4, 32)
     pred_mod.predict_patient(bundle, p)
     pred_mod.predict_patient(bundle, p, steps=2, sampler="dpmpp2m")

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from mddose.errors import MddoseError
+from mddose.kinds.diffusion2d import validation_sample
 from mddose.models import registry
 from mddose.train.config import RECIPES, DataConfig, TrainConfig, builtin_config, load_train_config
 from mddose.train.trainer import Trainer
@@ -85,9 +86,27 @@ def tiny_config(**kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+@torch.no_grad()
+def slice_dose_score(model: nn.Module, diffusion, cond: torch.Tensor, dose: torch.Tensor, reference_dose: float, *,
+                     sampler: str = "ddim", steps: int = 10, seed: int = 0, batch_size: int = 16,
+                     device: torch.device | str = "cpu", samples: int = 1) -> float:
+    """Mean absolute error (Gy) on slices, over pixels where the reference dose is > 0 (a test-local validator).
+
+    cond: (S, C, H, W); dose: (S, 1, H, W) in data units (dose / reference dose); each slice predicted as the
+    mean of ``samples`` samples.
+    """
+    was_training = model.training
+    model.eval()
+    pred = validation_sample(model, diffusion, cond, device, sampler, steps, seed, batch_size, samples)
+    model.train(was_training)
+    mask = dose > 0
+    if not mask.any():
+        mask = torch.ones_like(dose, dtype=torch.bool)
+    return float(((pred - dose).abs() * reference_dose)[mask].mean())
+
+
 def slice_validator(trainer_ds: DictDataset):
     from mddose.diffusion import GaussianDiffusion
-    from mddose.train.validate import slice_dose_score
     d = GaussianDiffusion()
     return lambda m: slice_dose_score(m, d, trainer_ds.cond[:4], trainer_ds.dose[:4], 70.0, steps=2)
 
@@ -304,7 +323,7 @@ def test_phantom_training_end_to_end(tmp_path):
     from mddose.diffusion import sample
     from mddose.train.checkpoint import load_checkpoint
     from mddose.train.trainer import train
-    cfg = TrainConfig(model="md-dose", preset="tiny", slices={"size": 32},
+    cfg = TrainConfig(model="md-dose", preset="tiny", inputs={"size": 32},
                       data=DataConfig(phantoms={"n": 2, "seed": 0, "size": 32, "val": 1}, val_max_slices=2),
                       epochs=1, batch_size=4, max_steps=2, val_steps=2, device="cpu")
     best = train(cfg, tmp_path / "run", progress=False)

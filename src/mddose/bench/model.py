@@ -118,7 +118,7 @@ def _patient_bundle(checkpoint: str | None):
     from mddose.diffusion import GaussianDiffusion
     from mddose.models import build_model
     from mddose.train.checkpoint import CheckpointBundle, load_checkpoint
-    from mddose.train.shipped import resolve_checkpoint, shipped_checkpoints
+    from mddose.predict.shipped import resolve_checkpoint, shipped_checkpoints
 
     if checkpoint is None and "openkbp-small" in shipped_checkpoints():
         checkpoint = "openkbp-small"
@@ -155,12 +155,7 @@ def bench_patient(path: Path, sampler: str | None = None, steps: int | None = No
 
 def _predicted_slices(bundle, patient) -> int | None:
     """Number of axial slices a 2D diffusion model samples for ``patient`` (None for a 3D model)."""
-    if bundle.kind != "diffusion":
-        return None
-    from mddose.data.inputs.slices import select_slices
-    from mddose.predict import _slice_config
-
-    return int(len(select_slices(patient, _slice_config(bundle), for_prediction=True)))
+    return bundle.model_kind.predicted_slices(bundle, patient)
 
 
 def bench_steps(checkpoint: str, n: int, slices_per_patient: int = 8) -> list[dict]:
@@ -227,7 +222,7 @@ def run(args) -> int:
         res["profile"] = bench_profile(progress=not args.json)
     if "steps" in args.sections:
         if args.checkpoint:
-            from mddose.train.shipped import resolve_checkpoint
+            from mddose.predict.shipped import resolve_checkpoint
             res["steps"] = bench_steps(str(resolve_checkpoint(args.checkpoint)), args.phantoms)
         else:
             res["steps"] = "skipped: give --checkpoint (e.g. mddose-demo/checkpoint)"

@@ -34,21 +34,24 @@ def _best_time(fn, repeats: int) -> float:
     return best
 
 
-def time_iteration(model, kind: str, channels: int, size: int, repeats: int = 3,
+def time_iteration(model, kind, channels: int, size: int, repeats: int = 3,
                    device: str = "cpu") -> tuple[float, str]:
-    """(best seconds of one iteration, what it is): a denoiser call on a ``size``² slice (``kind`` "diffusion")
-    or a forward pass of a ``size``³ volume ("regression"), batch 1, random inputs, no gradients.
-    On ``device="cuda"`` every call is synchronised."""
+    """(best seconds of one iteration, what it is): the call of ``kind`` (a model kind or its name;
+    :meth:`~mddose.kinds.base.ModelKind.iteration`: a denoiser call on a ``size``² slice, a forward pass of a
+    ``size``³ volume), batch 1, random inputs on ``device``, no gradients. On ``device="cuda"`` every call is
+    synchronised."""
     import torch
 
+    from mddose.kinds import ModelKind, get_kind
+
+    kind = kind if isinstance(kind, ModelKind) else get_kind(kind)
+    forward, what = kind.iteration(model, channels, size, device=device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    if kind == "diffusion":
-        x, c = torch.randn(1, 1, size, size, device=device), torch.randn(1, channels, size, size, device=device)
-        t = torch.full((1,), 500, dtype=torch.long, device=device)
-        call, what = (lambda: (model(x, t, c), sync())), f"denoiser call, {size}², batch 1"
-    else:
-        c = torch.randn(1, channels, size, size, size, device=device)
-        call, what = (lambda: (model(c), sync())), f"forward, {size}³ volume, batch 1"
+
+    def call():
+        forward()
+        sync()
+
     with torch.inference_mode():
         return _best_time(call, repeats), what
 

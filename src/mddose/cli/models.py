@@ -27,7 +27,7 @@ def list_models(in_channels: int = 9) -> list[dict]:
     import torch
 
     from mddose.models import available_models, build_model, make_config, model_info
-    from mddose.train.shipped import shipped_summary
+    from mddose.predict.shipped import shipped_summary
 
     shipped = shipped_summary()
     rows = []
@@ -62,7 +62,7 @@ def _handler(args) -> int:
         print(f"{r['name']:<13} {r['preset']:<7} {r['parameters']:>12,}  {r['kind']:<10} {r['dims']}D   "
               f"{r['fidelity']:<14} {r['source']}")
     print(f"(parameters counted with in_channels={args.in_channels})")
-    from mddose.train.shipped import shipped_summary
+    from mddose.predict.shipped import shipped_summary
     shipped = shipped_summary()
     print("shipped checkpoints (mddose predict --checkpoint NAME): "
           + (", ".join(f"{s['name']} ({s['model']} {s['preset']})" for s in shipped) or "none in this version"))

@@ -9,6 +9,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from mddose.cli.lazy import option_help
+
+#: the output formats of ``mddose.predict.files.OUTPUT_FORMATS`` (a test checks they agree; importing that module
+#: here would load torch when the parser is built)
+OUTPUT_FORMATS = ("openkbp", "nifti", "dicom")
+
+
+def samplers_text() -> str:
+    from mddose.diffusion import SAMPLERS
+    return " | ".join(SAMPLERS) + " (see BENCHMARKS.md)"
+
 
 def register(sub) -> None:
     p = sub.add_parser("predict", help="predict the 3D dose of patients with a trained checkpoint")
@@ -16,16 +27,19 @@ def register(sub) -> None:
                    help="checkpoint directory, or the name of a checkpoint shipped with mddose (mddose models)")
     p.add_argument("--input", required=True, help="a patient directory or a directory of patients (any format)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--format", default="openkbp", choices=["openkbp", "nifti", "dicom"], help="output format")
-    d = p.add_argument_group("2D diffusion models only (md-dose, diffdp, sp-diffdose)")
-    d.add_argument("--sampler", default=None, help="ddpm | ddim | dpmpp2m (default: the checkpoint's, else ddim; see BENCHMARKS.md)")
-    d.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's, else 10; 1000 = the paper's DDPM)")
-    d.add_argument("--eta", type=float, default=None, help="DDIM eta (default 0)")
+    p.add_argument("--format", default="openkbp", choices=OUTPUT_FORMATS, help="output format")
+    d = p.add_argument_group("2D diffusion models only")
+    d.add_argument("--sampler", default=None,
+                   help=option_help("diffusion", "sampler", samplers_text))
+    d.add_argument("--steps", type=int, default=None,
+                   help=option_help("diffusion", "steps", "sampler steps (1000 = the paper's DDPM)"))
+    d.add_argument("--eta", type=float, default=None, help=option_help("diffusion", "eta", "DDIM eta"))
     d.add_argument("--samples", type=int, default=None,
-                   help="samples per slice (default 1); >1 also writes an uncertainty map")
-    r = p.add_argument_group("3D regression models only (c3d, hd-unet)")
+                   help=option_help("diffusion", "samples", "samples per slice; >1 also writes an uncertainty map"))
+    r = p.add_argument_group("3D regression models only")
     r.add_argument("--no-tta", dest="tta", action="store_const", const=False, default=None,
-                   help="one forward pass instead of the mean over four flips (test-time augmentation)")
+                   help=option_help("regression", "tta", "one forward pass instead of the mean over four flips "
+                                                        "(test-time augmentation; tta)"))
     p.add_argument("--batch", type=int, default=8, help="slices per sampler call (default 8: fastest per slice on CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")

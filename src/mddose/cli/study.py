@@ -4,12 +4,15 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
+    from mddose.utils.builtin import builtin_studies
+
     p = sub.add_parser("study", help="compare methods: train → predict → evaluate each, then Tables 1–3 + report",
                        description="Run a study: every method is trained with the same budget on the same "
                                    "patients, predicts the same test patients and is scored alike; writes "
                                    "table1.md/.csv, table2.md, table3.md, study.json and report.html into --out. "
                                    "Finished work is kept: a re-run (or --resume) continues where it stopped.")
-    p.add_argument("--config", required=True, help="a study JSON file, or a built-in study: smoke | paper-cpu | paper")
+    p.add_argument("--config", required=True,
+                   help=f"a study JSON file, or a built-in study: {' | '.join(builtin_studies())}")
     p.add_argument("--out", required=True, help="study directory")
     p.add_argument("--resume", action="store_true",
                    help="continue the study in --out (also with another --budget-minutes)")

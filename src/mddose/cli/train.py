@@ -11,10 +11,11 @@ import argparse
 
 def register(sub) -> None:
     """Add ``mddose train`` to the sub-parsers."""
+    from mddose.utils.builtin import builtin_configs
+
     p = sub.add_parser("train", help="train any registered dose-prediction model from a JSON config",
                        description="Train a model. Configs are JSON files (see mddose/configs/demo.json); a "
-                                   "built-in config can be named: --config demo | openkbp | openkbp-c3d | "
-                                   "openkbp-hd-unet | openkbp-diffdp | openkbp-sp-diffdose. "
+                                   f"built-in config can be named: --config {' | '.join(builtin_configs())}. "
                                    "For several GPUs run it under torchrun.")
     p.add_argument("--config", required=True, help="JSON config file, or the name of a built-in config")
     p.add_argument("--out", default=None, help="output directory (default: runs/<config name>)")

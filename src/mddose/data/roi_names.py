@@ -94,7 +94,3 @@ def prescription_from_name(name: str) -> float | None:
         return None
     return value / 100.0 if value > 150 else value
 
-
-def is_body_name(name: str) -> bool:
-    """True if ``name`` (an mddose or DICOM name) is the body outline."""
-    return DEFAULT_ROI_MAP.get(normalise_roi_name(name)) == BODY

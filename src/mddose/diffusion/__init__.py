@@ -8,9 +8,10 @@ Min-SNR-γ loss weighting, optional pixel weights) and samplers.
 Data units (dose / reference dose, [0, 1]) outside, model space [-1, 1] inside (``x = 2·x0 - 1``).
 """
 
+from mddose.diffusion.config import DiffusionConfig
 from mddose.diffusion.samplers import (SAMPLERS, Denoiser, sample, sample_ddim, sample_ddpm, sample_dpmpp2m,
                                        timesteps)
 from mddose.diffusion.schedule import LOSS_WEIGHTINGS, PREDICTIONS, GaussianDiffusion, make_betas
 
-__all__ = ["Denoiser", "GaussianDiffusion", "LOSS_WEIGHTINGS", "PREDICTIONS", "SAMPLERS", "make_betas", "sample",
-           "sample_ddim", "sample_ddpm", "sample_dpmpp2m", "timesteps"]
+__all__ = ["Denoiser", "DiffusionConfig", "GaussianDiffusion", "LOSS_WEIGHTINGS", "PREDICTIONS", "SAMPLERS",
+           "make_betas", "sample", "sample_ddim", "sample_ddpm", "sample_dpmpp2m", "timesteps"]

@@ -51,12 +51,11 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
+from mddose.diffusion.config import LOSS_TYPES, LOSS_WEIGHTINGS, PREDICTIONS, SCHEDULES, DiffusionConfig  # noqa: F401
 from mddose.errors import MddoseError
-from mddose.utils.config import check_keys
 
 #: the network: ``model(x_t (B,1,H,W), t (B,) long, cond (B,C,H,W)) -> (B,1,H,W)`` (ε, v or x0)
 Network = Callable[[Tensor, Tensor, Tensor], Tensor]
-SCHEDULES = ("linear", "cosine")
 
 
 def make_betas(num_timesteps: int, beta_start: float, beta_end: float, schedule: str) -> np.ndarray:
@@ -68,14 +67,6 @@ def make_betas(num_timesteps: int, beta_start: float, beta_end: float, schedule:
         f = lambda t: math.cos((t / num_timesteps + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
         return np.array([min(1 - f(i + 1) / f(i), 0.999) for i in range(num_timesteps)], dtype=np.float64)
     raise MddoseError(f"diffusion schedule: unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
-
-
-PREDICTIONS = ("eps", "v", "x0")
-LOSS_WEIGHTINGS = ("uniform", "min_snr")
-LOSS_TYPES = ("mse", "l1")
-#: the keys of :meth:`GaussianDiffusion.to_dict` / :meth:`GaussianDiffusion.from_dict`
-DIFFUSION_KEYS = ("num_timesteps", "beta_start", "beta_end", "schedule", "prediction", "loss_weighting",
-                  "min_snr_gamma", "loss_type")
 
 
 class GaussianDiffusion:
@@ -95,29 +86,20 @@ class GaussianDiffusion:
     (ᾱ_t), ``sqrt_alphas_cumprod``, ``sqrt_one_minus_alphas_cumprod``.
     """
 
-    def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
-                 schedule: str = "linear", prediction: str = "eps", loss_weighting: str = "uniform",
-                 min_snr_gamma: float = 5.0, loss_type: str = "mse"):
-        if prediction not in PREDICTIONS:
-            raise MddoseError(f"diffusion: prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
-        if loss_weighting not in LOSS_WEIGHTINGS:
-            raise MddoseError(f"diffusion: loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, "
-                              f"got {loss_weighting!r}")
-        if isinstance(min_snr_gamma, bool) or not isinstance(min_snr_gamma, (int, float)) or not min_snr_gamma > 0:
-            raise MddoseError(f"diffusion: min_snr_gamma must be a number > 0, got {min_snr_gamma!r}")
-        if loss_type not in LOSS_TYPES:
-            raise MddoseError(f"diffusion: loss_type must be one of {', '.join(LOSS_TYPES)}, got {loss_type!r}")
-        if loss_type == "l1" and loss_weighting != "uniform":
-            raise MddoseError("diffusion: loss_type 'l1' takes loss_weighting 'uniform' only (Min-SNR-γ weights "
-                              "are derived for squared errors)")
-        self.prediction, self.loss_weighting, self.min_snr_gamma = prediction, loss_weighting, float(min_snr_gamma)
-        self.loss_type = loss_type
-        if int(num_timesteps) < 1:
-            raise MddoseError(f"diffusion: num_timesteps must be >= 1, got {num_timesteps}")
-        if not (0 < beta_start <= beta_end < 1):
-            raise MddoseError(f"diffusion: need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
-        self.num_timesteps = int(num_timesteps)
-        self.beta_start, self.beta_end, self.schedule = float(beta_start), float(beta_end), schedule
+    def __init__(self, config: DiffusionConfig | int | None = None, **settings: Any):
+        """From a :class:`~mddose.diffusion.config.DiffusionConfig` (its one default and one check of every
+        setting), or from its fields as keywords (``GaussianDiffusion(prediction="v")``; a leading int is
+        ``num_timesteps``)."""
+        if not isinstance(config, DiffusionConfig):
+            config = DiffusionConfig(**({} if config is None else {"num_timesteps": config}), **settings)
+        elif settings:
+            raise TypeError("GaussianDiffusion: give a DiffusionConfig or keywords, not both")
+        self.config = config
+        self.prediction, self.loss_weighting = config.prediction, config.loss_weighting
+        self.min_snr_gamma, self.loss_type = float(config.min_snr_gamma), config.loss_type
+        self.num_timesteps, self.schedule = int(config.num_timesteps), config.schedule
+        self.beta_start, self.beta_end = float(config.beta_start), float(config.beta_end)
+        schedule = self.schedule
         betas = make_betas(self.num_timesteps, self.beta_start, self.beta_end, schedule)
         self.betas = torch.from_numpy(betas)
         self.alphas = 1.0 - self.betas
@@ -127,29 +109,20 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------ config / units
     def to_dict(self) -> dict[str, Any]:
-        """The constructor's arguments as JSON; the loss weighting and the loss type only when they are not the
-        defaults (so that the checkpoints of default runs keep the same ``diffusion`` entry as before they existed)."""
-        d = {"num_timesteps": self.num_timesteps, "beta_start": self.beta_start,
-             "beta_end": self.beta_end, "schedule": self.schedule, "prediction": self.prediction}
-        if self.loss_weighting != "uniform":
-            d.update(loss_weighting=self.loss_weighting, min_snr_gamma=self.min_snr_gamma)
-        if self.loss_type != "mse":
-            d["loss_type"] = self.loss_type
-        return d
+        """The checkpoint's ``diffusion`` entry (:meth:`DiffusionConfig.schedule_dict`)."""
+        return self.config.schedule_dict()
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "diffusion config") -> "GaussianDiffusion":
-        """Inverse of :meth:`to_dict` (missing keys: the defaults, e.g. ``prediction="eps"``); a non-object,
-        unknown keys or bad values → one-line :class:`MddoseError` naming ``where``."""
+        """Inverse of :meth:`to_dict` (missing keys: the defaults); a non-object, unknown keys or bad values →
+        one-line :class:`MddoseError` naming ``where``."""
         if not isinstance(d, dict):
             raise MddoseError(f"{where}: diffusion must be a JSON object, got {type(d).__name__}")
-        check_keys(d, DIFFUSION_KEYS, where, "diffusion.")
         try:
-            return cls(**d)
+            return cls(DiffusionConfig.from_dict(d, where))
         except MddoseError as exc:
-            raise MddoseError(f"{where}: {exc}") from None
-        except (TypeError, ValueError) as exc:
-            raise MddoseError(f"{where}: bad diffusion config ({exc})") from None
+            msg = str(exc)
+            raise MddoseError(msg if msg.startswith(where) else f"{where}: {msg}") from None
 
     @staticmethod
     def to_model(x0: Tensor) -> Tensor:
@@ -171,12 +144,6 @@ class GaussianDiffusion:
         """x_t = sqrt(ᾱ_t) x0 + sqrt(1-ᾱ_t) ε.  x0, noise: (B, ...) in model space; t: (B,) long."""
         return self._extract(self.sqrt_alphas_cumprod, t, x0) * x0 + \
             self._extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
-
-    def predict_x0(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        """x̂0 = (x_t - sqrt(1-ᾱ_t) ε) / sqrt(ᾱ_t) from a noise ``eps`` (model space, unclipped); for a network
-        output of either parameterisation use :meth:`split_output`."""
-        return (x_t - self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / \
-            self._extract(self.sqrt_alphas_cumprod, t, x_t)
 
     def split_output(self, x_t: Tensor, t: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
         """The network output at (x_t, t) → (x̂0 unclipped, ε̂), both (B, ...) in model space."""

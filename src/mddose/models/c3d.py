@@ -30,14 +30,11 @@ import torch
 from torch import Tensor, nn
 
 from mddose.errors import MddoseError
+from mddose.utils.config import check_grid_size, check_int_fields, check_int_tuple
 from mddose.models.registry import ModelConfig, register_model
 from mddose.nn.conv3d import UNet3d, check_volume
 
 NAME = "c3d"
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -46,35 +43,27 @@ class C3DConfig(ModelConfig):
 
     in_channels: input channels C (9 for OpenKBP: PTV, 7 OARs, CT). out_channels: 1 (dose / 70).
     widths_a / widths_b: channels per level of U-Net A / U-Net B (same number of levels, level 1 first).
-    grid_size: edge of the cubic volume the model is trained on and predicts at (the data layer resamples
-    each patient to grid_size³); 128 = OpenKBP's native grid. The ``small`` preset trains on a coarser 64³
-    grid (CPU-sized); any grid divisible by 2^(levels-1) is accepted by the network itself.
+    grid_size: edge of the cubic volume the model is trained on and predicts at — the data's (``volume.size``,
+    written here by the trainer and by the checkpoint loader); None = not known yet. A preset recommends one
+    (``paper``: 128 = OpenKBP's native grid; ``small``: a coarser 64³, CPU-sized) as the default of
+    ``volume.size``; any grid divisible by 2^(levels-1) is accepted by the network itself.
     """
 
     in_channels: int = 9
     out_channels: int = 1
     widths_a: tuple[int, ...] = (16, 32, 64, 128, 256)
     widths_b: tuple[int, ...] = (32, 64, 128, 256, 512)
-    grid_size: int = 128
+    grid_size: int | None = None
 
     def __post_init__(self):
         where = "c3d config"
         for name in ("widths_a", "widths_b"):
-            v = getattr(self, name)
-            if not isinstance(v, (tuple, list)) or not v or not all(_is_int(x) and x >= 1 for x in v):
-                raise MddoseError(f"{where}: {name} must be a non-empty list of positive integers, got {v!r}")
-            object.__setattr__(self, name, tuple(v))
+            check_int_tuple(where, self, name)
         if len(self.widths_a) != len(self.widths_b):
             raise MddoseError(f"{where}: widths_a and widths_b must have the same number of levels, "
                               f"got {len(self.widths_a)} and {len(self.widths_b)}")
-        for name in ("in_channels", "out_channels", "grid_size"):
-            v = getattr(self, name)
-            if not _is_int(v) or v < 1:
-                raise MddoseError(f"{where}: {name} must be a positive integer, got {v!r}")
-        mult = 2 ** (self.levels - 1)
-        if self.grid_size % mult or self.grid_size < 2 * mult:
-            raise MddoseError(f"{where}: grid_size must be a multiple of {mult} (2^(levels-1)) and at least "
-                              f"{2 * mult}, got {self.grid_size}")
+        check_int_fields(where, self, ("in_channels", "out_channels"))
+        check_grid_size(where, self.grid_size, self.levels)
 
     @property
     def levels(self) -> int:

@@ -47,24 +47,8 @@ from mddose.errors import MddoseError
 from mddose.models.denoiser import ConditionedDenoiser, check_dropout_and_time
 from mddose.models.registry import ModelConfig, register_model
 from mddose.nn.embed import TimestepEmbedding
+from mddose.utils.config import check_int_fields, check_int_tuple
 from mddose.nn.unet2d import Downsample2d, PyramidEncoder2d, ResBlock2d, SelfAttention2d, Upsample2d, group_norm
-
-
-def check_int_fields(where: str, cfg: ModelConfig, names: tuple[str, ...], minimum: int = 1) -> None:
-    """Raise MddoseError unless every field in ``names`` is an int >= ``minimum``."""
-    for name in names:
-        v = getattr(cfg, name)
-        if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
-            raise MddoseError(f"{where}: {name} must be an integer >= {minimum}, got {v!r}")
-
-
-def check_int_tuple(where: str, cfg: ModelConfig, name: str, minimum: int = 1, allow_empty: bool = False) -> None:
-    """Normalise field ``name`` to a tuple; raise MddoseError unless it holds integers >= ``minimum``."""
-    v = getattr(cfg, name)
-    if (not isinstance(v, (tuple, list)) or (not v and not allow_empty)
-            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= minimum for x in v)):
-        raise MddoseError(f"{where}: {name} must be a list of integers >= {minimum}, got {v!r}")
-    object.__setattr__(cfg, name, tuple(v))
 
 
 @dataclass(frozen=True)
@@ -140,7 +124,8 @@ def conv_structure_encoder(cfg: DiffDPConfig) -> PyramidEncoder2d:
 
 
 class DiffDP(ConditionedDenoiser):
-    """Noise predictor ``model(x_t (B,1,H,W), t (B,), cond (B,C,H,W)) -> eps (B,1,H,W)`` (see module docstring)."""
+    """Denoiser ``model(x_t (B,1,H,W), t (B,), cond (B,C,H,W)) -> (B,1,H,W)``: ε, v or x0, as the diffusion config's
+    ``prediction`` says (see module docstring)."""
 
     NAME = "diffdp"
 

@@ -29,14 +29,11 @@ import torch
 from torch import Tensor, nn
 
 from mddose.errors import MddoseError
+from mddose.utils.config import check_grid_size, check_int_fields, check_int_tuple
 from mddose.models.registry import ModelConfig, register_model
 from mddose.nn.conv3d import ConvUnit3d, DenseDown3d, DenseUnit3d, UpConv3d, check_volume
 
 NAME = "hd-unet"
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -49,9 +46,10 @@ class HDUNetConfig(ModelConfig):
     bottleneck_units: dense units at the deepest level (after its downsampling).
     decoder_widths: output channels of the decoder levels, deepest first (levels - 1 entries).
     up_channels: channels of the unit after each trilinear upsampling, before the skip is concatenated.
-    grid_size: edge of the cubic volume the model is trained on and predicts at (the data layer resamples
-    each patient to grid_size³); 128 = OpenKBP's native grid. The ``small`` preset trains on a coarser 64³
-    grid (CPU-sized); any grid divisible by 2^(levels-1) is accepted by the network itself.
+    grid_size: edge of the cubic volume the model is trained on and predicts at — the data's (``volume.size``,
+    written here by the trainer and by the checkpoint loader); None = not known yet. A preset recommends one
+    (``paper``: 128 = OpenKBP's native grid; ``small``: a coarser 64³, CPU-sized) as the default of
+    ``volume.size``; any grid divisible by 2^(levels-1) is accepted by the network itself.
     """
 
     in_channels: int = 9
@@ -62,31 +60,19 @@ class HDUNetConfig(ModelConfig):
     bottleneck_units: int = 4
     decoder_widths: tuple[int, ...] = (256, 128, 64, 32)
     up_channels: int = 64
-    grid_size: int = 128
+    grid_size: int | None = None
 
     def __post_init__(self):
         where = "hd-unet config"
-        v = self.decoder_widths
-        if not isinstance(v, (tuple, list)) or not all(_is_int(x) and x >= 1 for x in v):
-            raise MddoseError(f"{where}: decoder_widths must be a list of positive integers, got {v!r}")
-        object.__setattr__(self, "decoder_widths", tuple(v))
-        for name in ("in_channels", "out_channels", "growth", "levels", "up_channels", "grid_size"):
-            x = getattr(self, name)
-            if not _is_int(x) or x < 1:
-                raise MddoseError(f"{where}: {name} must be a positive integer, got {x!r}")
-        for name in ("encoder_units", "bottleneck_units"):
-            x = getattr(self, name)
-            if not _is_int(x) or x < 0:
-                raise MddoseError(f"{where}: {name} must be a non-negative integer, got {x!r}")
+        check_int_tuple(where, self, "decoder_widths", allow_empty=True)
+        check_int_fields(where, self, ("in_channels", "out_channels", "growth", "levels", "up_channels"))
+        check_int_fields(where, self, ("encoder_units", "bottleneck_units"), minimum=0)
         if self.levels < 2:
             raise MddoseError(f"{where}: levels must be >= 2, got {self.levels}")
         if len(self.decoder_widths) != self.levels - 1:
             raise MddoseError(f"{where}: decoder_widths must hold levels - 1 = {self.levels - 1} widths "
                               f"(deepest first), got {self.decoder_widths}")
-        mult = 2 ** (self.levels - 1)
-        if self.grid_size % mult or self.grid_size < 2 * mult:
-            raise MddoseError(f"{where}: grid_size must be a multiple of {mult} (2^(levels-1)) and at least "
-                              f"{2 * mult}, got {self.grid_size}")
+        check_grid_size(where, self.grid_size, self.levels)
 
 
 class HDUNet(nn.Module):

@@ -66,6 +66,7 @@ import torch
 from torch import Tensor, nn
 
 from mddose.errors import MddoseError
+from mddose.utils.config import check_int_fields
 from mddose.models.denoiser import ConditionedDenoiser
 from mddose.models.registry import ModelConfig, register_model
 from mddose.nn.embed import LayerNorm2d, PatchEmbed2d, PixelShuffleUpsample, TimestepEmbedding
@@ -121,9 +122,8 @@ class MDDoseConfig(ModelConfig):
             if not isinstance(v, (tuple, list)) or not all(isinstance(x, int) for x in v):
                 raise MddoseError(f"{where}: {name} must be a list of integers, got {v!r}")
             object.__setattr__(self, name, tuple(v))
-        for name in ("in_channels", "out_channels", "d_state", "expand", "d_conv", "se_window", "se_head_dim"):
-            if not isinstance(getattr(self, name), int):
-                raise MddoseError(f"{where}: {name} must be an integer, got {getattr(self, name)!r}")
+        check_int_fields(where, self, ("in_channels", "out_channels", "d_state", "expand", "d_conv", "se_window",
+                                       "se_head_dim"), minimum=None)
         n = len(self.dims)
         if n < 1 or any(d < 2 or d % 2 for d in self.dims):
             raise MddoseError(f"{where}: dims must be a non-empty list of even channel counts, got {self.dims}")
@@ -223,7 +223,8 @@ class MambaEncoder(nn.Module):
 
 
 class MDDose(ConditionedDenoiser):
-    """Noise predictor ``model(x_t (B,1,H,W), t (B,), cond (B,C,H,W)) -> eps (B,1,H,W)``."""
+    """Denoiser ``model(x_t (B,1,H,W), t (B,), cond (B,C,H,W)) -> (B,1,H,W)``: ε, v or x0, as the diffusion config's
+    ``prediction`` says."""
 
     NAME = "md-dose"
 

@@ -1,6 +1,8 @@
 """Model registry: every architecture registers a typed, frozen config class and a builder.
 
-Two kinds of model, declared by each registry entry (``kind``):
+Every entry points to its kind (``kind``: the name of a :class:`~mddose.kinds.base.ModelKind`, :func:`kind_of`),
+which owns everything that differs between kinds (objective, inputs, checkpoint entries, prediction); the
+built-in kinds:
 
 * ``"diffusion"`` — a denoiser with one interface, ``model(x_t, t, cond) -> output`` with
   ``x_t: (B, 1, H, W)``, ``t: (B,)`` (integer timesteps, long or float), ``cond: (B, C, H, W)``,
@@ -53,6 +55,7 @@ from typing import Any, Callable, Sequence
 from torch import nn
 
 from mddose.errors import MddoseError
+from mddose.kinds import ModelKind, get_kind
 from mddose.utils.config import dataclass_from_dict
 
 
@@ -72,7 +75,6 @@ class ModelConfig:
         return dataclass_from_dict(cls, d, where, ignore=("model",))
 
 
-KINDS = ("diffusion", "regression")
 FIDELITIES = ("official-code", "paper", "reconstruction")
 
 
@@ -100,6 +102,7 @@ class _Entry:
     builder: Callable[[ModelConfig], nn.Module]
     presets: dict[str, dict[str, Any]]
     info: ModelInfo
+    kind: ModelKind
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -113,15 +116,16 @@ def register_model(name: str, config_cls: type[ModelConfig], presets: dict[str, 
 
     ``choices``: config fields with a closed set of values worth listing (``mddose models --json`` shows
     them, e.g. md-dose's ``structure_encoder``)."""
-    if kind not in KINDS or dims not in (2, 3) or fidelity not in FIDELITIES:
-        raise ValueError(f"register_model({name!r}): bad kind/dims/fidelity {kind!r}/{dims!r}/{fidelity!r}")
+    if dims not in (2, 3) or fidelity not in FIDELITIES:
+        raise ValueError(f"register_model({name!r}): bad dims/fidelity {dims!r}/{fidelity!r}")
+    kind_obj = get_kind(kind, f"register_model({name!r})")
     info = ModelInfo(name, kind, dims, fidelity, source, notes,
                      tuple((k, tuple(v)) for k, v in (choices or {}).items()))
 
     def deco(builder):
         if name in _REGISTRY:
             raise RuntimeError(f"model {name!r} registered twice")
-        _REGISTRY[name] = _Entry(config_cls, builder, dict(presets or {}), info)
+        _REGISTRY[name] = _Entry(config_cls, builder, dict(presets or {}), info, kind_obj)
         _NAME_OF[config_cls] = name
         return builder
 
@@ -138,6 +142,14 @@ def model_info(name: str) -> ModelInfo:
     if name not in _REGISTRY:
         raise MddoseError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name].info
+
+
+def kind_of(model: str | ModelConfig) -> ModelKind:
+    """The :class:`~mddose.kinds.base.ModelKind` of a model (by name, or of its config)."""
+    if isinstance(model, ModelConfig):
+        return _REGISTRY[_NAME_OF[type(model)]].kind
+    model_info(model)                               # an unknown name: one line listing the models
+    return _REGISTRY[model].kind
 
 
 def info_of(config: ModelConfig) -> ModelInfo:
@@ -167,9 +179,13 @@ def build_model(name_or_config: str | ModelConfig, preset: str | None = None, **
     return model
 
 
-def build_model_from_dict(d: dict[str, Any], where: str = "model config") -> nn.Module:
-    """Build from ``config.to_dict()`` output (the ``"model"`` key names the architecture)."""
+def build_model_from_dict(d: dict[str, Any], where: str = "model config",
+                          defaults: dict[str, Any] | None = None) -> nn.Module:
+    """Build from ``config.to_dict()`` output (the ``"model"`` key names the architecture); ``defaults``: values of
+    fields ``d`` leaves out, for the fields the model's config has (a checkpoint's grid: the data's size)."""
     name = d.get("model")
     if name not in _REGISTRY:
         raise MddoseError(f"{where}: unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return build_model(_REGISTRY[name].config_cls.from_dict(d, where=where))
+    cls = _REGISTRY[name].config_cls
+    own = {f.name for f in dataclasses.fields(cls)}
+    return build_model(cls.from_dict({**{k: v for k, v in (defaults or {}).items() if k in own}, **d}, where=where))

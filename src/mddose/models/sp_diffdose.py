@@ -48,11 +48,11 @@ import torch
 from torch import Tensor, nn
 
 from mddose.errors import MddoseError
-from mddose.models.diffdp import check_int_fields, check_int_tuple
 from mddose.models.denoiser import ConditionedDenoiser, check_dropout_and_time
 from mddose.models.registry import ModelConfig, register_model
 from mddose.nn.embed import TimestepEmbedding
 from mddose.nn.swin import SwinLayer2d
+from mddose.utils.config import check_int_fields, check_int_tuple
 from mddose.nn.unet2d import Downsample2d, PyramidEncoder2d, ResBlock2d, Upsample2d, group_norm
 
 
@@ -188,7 +188,8 @@ def structure_encoder(cfg: SPDiffDoseConfig) -> PyramidEncoder2d:
 
 
 class SPDiffDose(ConditionedDenoiser):
-    """Noise predictor ``model(x_t (B,1,H,W), t (B,), cond (B,C,H,W)) -> eps (B,1,H,W)`` (see module docstring)."""
+    """Denoiser ``model(x_t (B,1,H,W), t (B,), cond (B,C,H,W)) -> (B,1,H,W)``: ε, v or x0, as the diffusion config's
+    ``prediction`` says (see module docstring)."""
 
     NAME = "sp-diffdose"
 

@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from mddose.errors import MddoseError
-from mddose.utils.config import check_keys, dataclass_from_dict, read_json_object
+from mddose.utils.builtin import builtin_studies  # noqa: F401  (also this module's name for it)
+from mddose.utils.config import check_keys, check_number, dataclass_from_dict, read_json_object
 
 TABLES = ("table1", "table3")
 #: TrainConfig fields a study sets itself (a method's "train" section may not)
 STUDY_OWNED = ("model", "preset", "model_overrides", "data", "max_steps", "time_budget_s")
-PREDICT_KEYS = ("sampler", "steps", "eta", "samples", "tta")
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,9 @@ class MethodSpec:
 
 @dataclass(frozen=True)
 class StudyData:
-    """``train`` / ``val`` / ``test``: patient folders or list files; or ``phantoms``: counts, size, seed."""
+    """``train`` / ``val`` / ``test``: patient folders or list files; or ``phantoms``: a
+    :class:`~mddose.data.sources.PhantomSplit` as written (``seed``: the study's when left out;
+    :meth:`StudyConfig.phantom_split`)."""
 
     train: str | tuple[str, ...] | None = None
     val: str | tuple[str, ...] | None = None
@@ -84,6 +86,14 @@ class StudyConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def phantom_split(self, where: str = "study config"):
+        """The :class:`~mddose.data.sources.PhantomSplit` of ``data.phantoms`` (its seed: the study's when the
+        split names none); None for patient folders."""
+        from mddose.data.sources import PhantomSplit
+        if self.data.phantoms is None:
+            return None
+        return PhantomSplit.from_dict({"seed": self.seed, **self.data.phantoms}, where)
 
     @property
     def budget_minutes(self) -> float | None:
@@ -129,7 +139,7 @@ def _check_models(cfg: StudyConfig, where: str) -> None:
     for m in cfg.methods:
         try:
             make_config(m.model, m.preset, **{"in_channels": 9, **m.overrides})
-            TrainConfig.from_dict({"model": m.model, "preset": m.preset, **m.train},
+            TrainConfig.from_dict({**m.train, "model": m.model, "preset": m.preset, "model_overrides": dict(m.overrides)},
                                   where=f"{where} method {m.name!r} train").resolved()
         except MddoseError as exc:
             raise MddoseError(f"{where}: method {m.name!r}: {exc}") from None
@@ -161,17 +171,18 @@ def study_from_dict(raw: dict, where: str = "study config") -> StudyConfig:
     if data.train is not None and data.test is None:
         raise MddoseError(f"{where}: data.test (the test patients) is missing")
     if data.phantoms is not None:
-        check_keys(data.phantoms, ("train", "val", "test", "size", "seed"), where, "data.phantoms.")
+        from mddose.data.sources import PhantomSplit
+        PhantomSplit.from_dict({"seed": raw.get("seed", 0), **data.phantoms}, where)
     budget = raw["budget"]
     if not isinstance(budget, dict) or len(budget) != 1 or next(iter(budget)) not in ("minutes", "steps"):
         raise MddoseError(f"{where}: budget must be {{\"minutes\": M}} or {{\"steps\": N}} (one, the same for all)")
-    value = next(iter(budget.values()))
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise MddoseError(f"{where}: budget must be a positive number, got {value!r}")
+    key, value = next(iter(budget.items()))
+    check_number(where, f"budget.{key}", value, integer=key == "steps", above=0)
     predict = raw.get("predict", {})
     if not isinstance(predict, dict):
         raise MddoseError(f"{where}: predict must be an object")
-    check_keys(predict, PREDICT_KEYS, where, "predict.")
+    from mddose.kinds import all_kinds
+    check_keys(predict, [k for kind in all_kinds().values() for k in kind.options], where, "predict.")
     cfg = StudyConfig(name=str(raw["name"]), methods=methods, data=data, reference=str(raw["reference"]),
                       budget=dict(budget), predict=dict(predict), seed=int(raw.get("seed", 0)),
                       description=str(raw.get("description", "")))
@@ -195,14 +206,8 @@ def _resolve_paths(cfg: StudyConfig, base: Path) -> StudyConfig:
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **fixed)) if fixed else cfg
 
 
-def builtin_studies() -> dict[str, Path]:
-    """Name → path of the studies shipped in ``mddose/configs/studies``."""
-    root = Path(__file__).resolve().parents[1] / "configs" / "studies"
-    return {p.stem: p for p in sorted(root.glob("*.json"))}
-
-
 def load_study_config(name_or_path: str | os.PathLike) -> StudyConfig:
-    """A built-in study by name (``smoke``, ``paper-cpu``, ``paper``) or a JSON file."""
+    """A built-in study by name (:func:`~mddose.utils.builtin.builtin_studies`) or a JSON file."""
     p = Path(name_or_path)
     builtin = builtin_studies()
     if not p.exists() and str(name_or_path) in builtin:

@@ -17,7 +17,6 @@ error and the others go on; a re-run tries it again.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import traceback
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ class StudyDataPaths:
 
 
 def _names(spec: str | None) -> dict[str, Path]:
-    from mddose.train.data import list_patients
+    from mddose.data.sources import list_patients
 
     return {} if not spec else {p.name: p.resolve() for p in list_patients(spec)[0]}
 
@@ -53,17 +52,16 @@ def prepare_data(cfg: StudyConfig, out: Path) -> StudyDataPaths:
     from mddose.data.io import load_patients
     from mddose.train.config import DataConfig
 
-    if cfg.data.phantoms is not None:
-        ph = cfg.data.phantoms
-        n, nval, ntest = int(ph.get("train", 8)), int(ph.get("val", 1)), int(ph.get("test", 2))
-        size, seed = int(ph.get("size", 64)), int(ph.get("seed", cfg.seed))
-        train = DataConfig(phantoms={"n": n, "val": nval, "size": size, "seed": seed}, val_max_slices=16)
+    split = cfg.phantom_split()
+    if split is not None:
+        train = DataConfig(phantoms=split, val_max_slices=16)
         test_dir = out / "data" / "test"
         if not (test_dir / "done").is_file():           # test phantoms follow the train and val seeds: disjoint
             from mddose.data.phantom import write_phantoms
-            write_phantoms(ntest, test_dir, seed=seed + n + nval, size=size, format="nifti", force=True)
+            seeds = split.seeds("test")
+            write_phantoms(len(seeds), test_dir, seed=seeds.start, size=split.size, format="nifti", force=True)
             (test_dir / "done").write_text("ok\n")
-        ids = [f"pt_{i}" for i in range(1, ntest + 1)]
+        ids = [f"pt_{i}" for i in range(1, split.test + 1)]
         return StudyDataPaths(train, test_dir, ids)
     train_names, val_names, test_names = _names(cfg.data.train), _names(cfg.data.val), _names(cfg.data.test)
     for what, other in (("train", train_names), ("validation", val_names)):
@@ -83,13 +81,14 @@ def prepare_data(cfg: StudyConfig, out: Path) -> StudyDataPaths:
 
 # ------------------------------------------------------------------------------------------ stages
 def _train_config(cfg: StudyConfig, m: MethodSpec, data: StudyDataPaths, seconds_left: float | None):
+    """The train config of method ``m``: its settings over the study's, on the study's data and budget (the data is
+    part of the parse: the input config's defaults depend on it)."""
     from mddose.train.config import TrainConfig
 
     d = {"seed": cfg.seed, "epochs": EPOCHS_UNBOUNDED, **m.train, "model": m.model, "preset": m.preset,
-         "model_overrides": dict(m.overrides)}
-    tc = TrainConfig.from_dict(d, where=f"study {cfg.name} method {m.name!r}")
-    return dataclasses.replace(tc, data=data.train_data, max_steps=cfg.budget_steps,
-                               time_budget_s=seconds_left)
+         "model_overrides": dict(m.overrides), "data": data.train_data, "max_steps": cfg.budget_steps,
+         "time_budget_s": seconds_left}
+    return TrainConfig.from_dict(d, where=f"study {cfg.name} method {m.name!r}")
 
 
 def _elapsed_in(run: Path) -> float:
@@ -122,21 +121,21 @@ def stage_train(cfg: StudyConfig, m: MethodSpec, data: StudyDataPaths, st: Metho
             "train_seconds": round(_elapsed_in(run), 1), "resumed": resume}
 
 
-def _predict_options(cfg: StudyConfig, kind: str) -> dict:
-    from mddose.predict import OPTION_DEFAULTS
+def _predict_options(cfg: StudyConfig, model: str) -> dict:
+    """The study's prediction options that the kind of ``model`` takes."""
+    from mddose.models import kind_of
 
-    return {k: v for k, v in cfg.predict.items() if k in OPTION_DEFAULTS[kind]}
+    return {k: v for k, v in cfg.predict.items() if k in kind_of(model).options}
 
 
 def stage_predict(cfg: StudyConfig, m: MethodSpec, data: StudyDataPaths, st: MethodState) -> dict:
-    from mddose.models import model_info
     from mddose.predict import predict_to_dir
 
     ckpt = st.stages["train"]["checkpoint"]
     pred = st.dir / "pred"
     t0 = time.monotonic()
     done, errors = predict_to_dir(ckpt, data.test_dir, pred, fmt="nifti", force=True, progress=False,
-                                  seed=cfg.seed, **_predict_options(cfg, model_info(m.model).kind))
+                                  seed=cfg.seed, **_predict_options(cfg, m.model))
     s = time.monotonic() - t0
     return {"patients": list(done), "errors": [list(e) for e in errors], "seconds": round(s, 1),
             "seconds_per_patient": round(s / max(len(done), 1), 2)}

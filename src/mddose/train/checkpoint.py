@@ -5,9 +5,11 @@ A checkpoint directory holds::
     model.safetensors        raw model weights (state_dict)
     ema.safetensors          EMA weights (what prediction uses)
     config.json              format/version, mddose version, model kind and config (model.config.to_dict()),
-                             data config (``slice_config`` of 2D models or ``volume_config`` of 3D ones),
-                             train config, diffusion config (None for regression models), step, epoch, and
-                             ``files``: size and SHA-256 of every other file (written last)
+                             the kind's input config under its key (``slice_config`` of 2D models,
+                             ``volume_config`` of 3D ones), the train config (without the input config: each
+                             setting is stored once), the kind's own entries (``diffusion``: the schedule of a
+                             diffusion model), step, epoch, and ``files``: size and SHA-256 of every other file
+                             (written last)
     train_state.safetensors  optimizer tensors, RNG states (torch CPU/CUDA, noise generator)
     train_state.json         optimizer scalars/param groups, GradScaler, EMA counter, NumPy and Python
                              RNG states, step/epoch/position, best score
@@ -25,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from torch import nn
 
 from mddose.errors import MddoseError
 from mddose.train.integrity import check_finite, check_finite_file, file_record, verify_files
-from mddose.utils.config import dataclass_from_dict, read_json_object
+from mddose.utils.config import read_json_object
 from mddose.utils.fs import atomic_dir, atomic_write
 
 FORMAT = "mddose-checkpoint"
@@ -140,15 +141,22 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def checkpoint_config(model: nn.Module, *, data_config: dict[str, dict], train_config: dict,
-                      diffusion: dict | None, step: int, epoch: int, kind: str = "diffusion") -> dict:
-    """config.json of a checkpoint. ``data_config``: ``{"slice_config": {...}}`` (2D) or
-    ``{"volume_config": {...}}`` (3D); ``kind``: the model's registry kind."""
+def checkpoint_config(model: nn.Module, *, data_config: dict[str, dict], train_config: dict, step: int, epoch: int,
+                      kind: str = "diffusion", **kind_meta: Any) -> dict:
+    """config.json of a checkpoint. ``data_config``: ``{kind.data_key: input config dict}`` (``{"slice_config":
+    {...}}``); ``kind``: the name of the model's kind; ``kind_meta``: the kind's own entries
+    (:meth:`~mddose.kinds.base.ModelKind.checkpoint_meta`, e.g. ``diffusion={...}``)."""
     from mddose import __version__
     mcfg = getattr(unwrap(model), "config", None)
+    grid = next((d.get("size") for d in data_config.values() if isinstance(d, dict)), None)
+    mdict = mcfg.to_dict() if mcfg is not None else None
+    if mdict is not None and grid is not None and mdict.get("grid_size") == grid:
+        # a 3D model's grid is the volume config's size, stored once (a 2D model's image_size stays in its config:
+        # the official md-dose sizes its position embeddings by it, which its weights carry)
+        del mdict["grid_size"]
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "mddose_version": __version__, "kind": kind,
-            "model": mcfg.to_dict() if mcfg is not None else None, **data_config,
-            "train_config": train_config, "diffusion": diffusion, "step": int(step), "epoch": int(epoch)}
+            "model": mdict, **data_config, **kind_meta,
+            "train_config": train_config, "step": int(step), "epoch": int(epoch)}
 
 
 def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, ema: nn.Module, config: dict,
@@ -184,9 +192,9 @@ def export_for_prediction(src: str | os.PathLike, dst: str | os.PathLike, *, car
     About half the size of a checkpoint (no raw weights, no training state) — what mddose ships. ``src`` is
     checked completely first. An existing ``dst`` is replaced only with ``force``. ``predict``: prediction
     options the checkpoint recommends (e.g. ``{"steps": 5}``), merged over those ``src`` records and used
-    by ``mddose predict`` when the user gives none (:func:`mddose.predict.checkpoint_defaults`).
+    by ``mddose predict`` when the user gives none (:func:`mddose.predict.options.checkpoint_defaults`).
     """
-    from mddose.train.predict_options import checkpoint_defaults
+    from mddose.predict.options import checkpoint_defaults
     from mddose.utils.fs import check_new_output
 
     bundle = load_checkpoint(src)            # every file of src verified, the weights load and are finite
@@ -242,41 +250,46 @@ def load_state_dict_checked(module: nn.Module, sd: dict[str, torch.Tensor], wher
     module.load_state_dict(sd)
 
 
-@dataclass
 class CheckpointBundle:
     """What :func:`load_checkpoint` returns.
 
-    model: EMA weights, eval mode. raw_state: the raw (non-EMA) state dict if requested.
-    kind: ``"diffusion"`` (2D denoiser on slices) or ``"regression"`` (3D model on volumes).
-    slice_config: the ``SliceConfig`` of a 2D model (else None). volume_config: the ``VolumeConfig`` of a
-    3D model (else None). train_config: a ``TrainConfig`` (or the dict if it no longer parses).
-    diffusion: GaussianDiffusion (None for regression). meta: the whole config.json.
+    model: EMA weights, eval mode. model_config: its config. inputs: the input config of the model's kind (a
+    ``SliceConfig`` or ``VolumeConfig``; also :attr:`data_config`). train_config: a ``TrainConfig`` (or the dict
+    if it no longer parses). kind: the name of the model's kind (:attr:`model_kind`: the kind object).
+    diffusion: what the kind reads from its own entries (:meth:`~mddose.kinds.base.ModelKind.load_meta`: the
+    ``GaussianDiffusion`` of a diffusion model, None for regression). meta: the whole config.json. raw_state:
+    the raw (non-EMA) state dict if requested. ``slice_config=`` / ``volume_config=``: older spellings of
+    ``inputs=``, kept as read-only views (the input config when it is of that type, else None).
     """
 
-    model: nn.Module
-    model_config: Any
-    slice_config: Any
-    train_config: Any
-    diffusion: Any
-    meta: dict
-    raw_state: dict[str, torch.Tensor] | None = None
-    path: Path | None = field(default=None)
-    kind: str = "diffusion"
-    volume_config: Any = None
+    def __init__(self, model: nn.Module, model_config: Any = None, inputs: Any = None, train_config: Any = None,
+                 diffusion: Any = None, meta: dict | None = None, raw_state: dict[str, torch.Tensor] | None = None,
+                 path: Path | None = None, kind: str = "diffusion", *, slice_config: Any = None,
+                 volume_config: Any = None):
+        self.model, self.model_config, self.train_config, self.diffusion = model, model_config, train_config, diffusion
+        self.inputs = next((c for c in (inputs, slice_config, volume_config) if c is not None), None)
+        self.meta, self.raw_state, self.path, self.kind = meta if meta is not None else {}, raw_state, path, kind
+
+    @property
+    def model_kind(self):
+        """The :class:`~mddose.kinds.base.ModelKind` of :attr:`kind`."""
+        from mddose.kinds import get_kind
+        return get_kind(self.kind)
 
     @property
     def data_config(self):
-        """The SliceConfig or VolumeConfig the model's inputs are built with."""
-        return self.volume_config if self.kind == "regression" else self.slice_config
+        """The input config the model's inputs are built with (:attr:`inputs`)."""
+        return self.inputs
 
+    @property
+    def slice_config(self):
+        from mddose.data.inputs.slices import SliceConfig
+        return self.inputs if isinstance(self.inputs, SliceConfig) else None
 
-def _data_config(cfg: dict, key: str, where: Path):
-    """The SliceConfig (``key="slice_config"``) or VolumeConfig (``"volume_config"``) of a checkpoint."""
-    if key == "slice_config":
-        from mddose.data.inputs.slices import SliceConfig as cls
-    else:
-        from mddose.data.inputs.volume import VolumeConfig as cls
-    return dataclass_from_dict(cls, cfg.get(key), str(where), prefix=f"{key}.")
+    @property
+    def volume_config(self):
+        from mddose.data.inputs.volume import VolumeConfig
+        return self.inputs if isinstance(self.inputs, VolumeConfig) else None
 
 
 def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu", raw: bool = False,
@@ -304,23 +317,25 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     verify_files(path, cfg, required=("ema.safetensors",) if exported else ("model.safetensors", "ema.safetensors"),
                  optional=() if exported else TRAIN_STATE_FILES)
     where = path / "config.json"
-    kind = cfg.get("kind", "diffusion")
-    if kind not in ("diffusion", "regression"):
-        raise MddoseError(f"unknown model kind {kind!r}", where)
-    if kind == "regression" and not isinstance(cfg.get("volume_config"), dict):
-        raise MddoseError("checkpoint of a 3D model has no volume_config", where)
-    data_key = "volume_config" if kind == "regression" else "slice_config"
-    data_cfg = None if cfg.get(data_key) is None else _data_config(cfg, data_key, where)
-    diffusion = _diffusion(cfg.get("diffusion"), where) if kind == "diffusion" else None
+    from mddose.kinds import all_kinds
+    kinds = all_kinds()
+    if cfg.get("kind", "diffusion") not in kinds:
+        raise MddoseError(f"unknown model kind {cfg.get('kind')!r} (known: {', '.join(sorted(kinds))})", where)
+    kind = kinds[cfg.get("kind", "diffusion")]
+    inputs = kind.load_inputs(cfg, where)
+    extra = kind.load_meta(cfg, where)
     try:
-        tcfg = TrainConfig.from_dict(cfg.get("train_config") or {})
+        tcfg = TrainConfig.from_dict(cfg.get("train_config") or {}, inputs=inputs)
     except (MddoseError, TypeError):
         tcfg = cfg.get("train_config")
     if model is None:
         if not cfg.get("model"):
             raise MddoseError("checkpoint has no model config", where)
         from mddose.models.registry import build_model_from_dict
-        model = build_model_from_dict(cfg["model"], where=str(where))
+        from mddose.train.config import GRID_FIELDS
+        grid = getattr(inputs, "size", None)        # the model's grid fields, stored once as the data's size
+        model = build_model_from_dict(cfg["model"], where=str(where),
+                                      defaults={k: grid for k in GRID_FIELDS if grid is not None})
     ema_sd = _load_tensors(path / "ema.safetensors")
     load_state_dict_checked(model, ema_sd, path / "ema.safetensors")
     if raw:
@@ -331,17 +346,8 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         if not exported:
             check_finite_file(path / "model.safetensors")
     model.to(device).eval()
-    return CheckpointBundle(model=model, model_config=getattr(model, "config", cfg.get("model")),
-                            slice_config=data_cfg if kind == "diffusion" else None, train_config=tcfg,
-                            diffusion=diffusion, meta=cfg, raw_state=raw_sd, path=path, kind=kind,
-                            volume_config=data_cfg if kind == "regression" else None)
-
-
-def _diffusion(d: Any, where: Path):
-    """The GaussianDiffusion of a checkpoint's ``diffusion`` entry (None or {} = the defaults)."""
-    from mddose.diffusion import GaussianDiffusion
-
-    return GaussianDiffusion.from_dict({} if d is None else d, str(where))
+    return CheckpointBundle(model=model, model_config=getattr(model, "config", cfg.get("model")), inputs=inputs,
+                            train_config=tcfg, diffusion=extra, meta=cfg, raw_state=raw_sd, path=path, kind=kind.name)
 
 
 def load_train_state(path: str | os.PathLike, *, model: nn.Module, ema: nn.Module,

@@ -37,10 +37,19 @@ JSON example::
     {"model": "md-dose", "preset": "small", "slices": {"size": 64},
      "data": {"phantoms": {"n": 8, "seed": 0, "size": 64}}, "epochs": 5, "recipe": "public"}
 
-Unknown keys (top level, in ``data``, ``data.phantoms``, ``diffusion``, ``slices`` or ``volume``) and values of
-the wrong type or range (``"lr": "fast"``, ``"epochs": "10"``, ``true`` where a number is expected, NaN, a
-negative ``grad_clip``, ``max_steps`` ≤ 0, ``checkpoint_every`` < 1, ...) raise one-line :class:`MddoseError`
-messages naming the key and the file (:meth:`TrainConfig.check`).
+Parsed once, into types: :meth:`TrainConfig.from_dict` turns the JSON object into frozen dataclasses — ``data``
+(:class:`DataConfig`, its ``phantoms`` a :class:`~mddose.data.sources.PhantomSplit`), ``diffusion``
+(:class:`~mddose.diffusion.config.DiffusionConfig`) and the model kind's input config (``inputs``: a
+:class:`~mddose.data.inputs.slices.SliceConfig` read from the ``slices`` section of a 2D model, a
+:class:`~mddose.data.inputs.volume.VolumeConfig` from the ``volume`` section of a 3D one; the section of another
+kind is refused) — each checked once, when it is built (``__post_init__``), with one default per field. Unknown
+keys and values of the wrong type or range (``"lr": "fast"``, ``"epochs": "10"``, ``true`` where a number is
+expected, NaN, a negative ``grad_clip``, ``max_steps`` ≤ 0, ``checkpoint_every`` < 1, ...) raise one-line
+:class:`MddoseError` messages naming the key and the file.
+
+The grid is the data's: ``slices.size`` / ``volume.size`` (a 3D model's preset recommends its ``grid_size`` as the
+default of ``volume.size``); the model config's ``image_size`` / ``grid_size`` is filled from it, and
+``model_overrides`` may not set it.
 
 ``grad_clip``: the maximum global gradient norm; ``0`` turns clipping off (as ``null`` does when the recipe has
 none), a negative value is refused (``clip_grad_norm_`` would turn the gradient around: gradient ascent).
@@ -59,8 +68,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mddose.data.sources import PhantomSplit
+from mddose.diffusion.config import DiffusionConfig
 from mddose.errors import MddoseError
-from mddose.utils.config import check_keys, dataclass_from_dict, read_json_object
+from mddose.utils.builtin import builtin_configs
+from mddose.utils.config import check_number, dataclass_from_dict, read_json_object
 
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {"batch_size": 16, "lr": 1e-2, "lr_schedule": "half-linear", "lr_min": 1e-4,
@@ -75,71 +87,67 @@ RECIPE_DEFAULTS: dict[str, Any] = {"weight_decay": 0.0, "amsgrad": False}
 LR_SCHEDULES = ("constant", "half-linear", "cosine")
 #: fields a resumed run may change: its budget, and settings that do not change what is computed
 RESUME_MAY_CHANGE = ("epochs", "max_steps", "time_budget_s", "device", "num_workers", "log_dir", "checkpoint_every")
-
-
-@dataclass(frozen=True)
-class PhantomsConfig:
-    """``data.phantoms``: ``n`` training and ``val`` validation phantoms of ``size``² slices from ``seed``."""
-
-    n: int = 8
-    seed: int = 0
-    size: int = 64
-    val: int = 2
+#: model config fields that hold the data's grid (filled from the input config's ``size``)
+GRID_FIELDS = ("image_size", "grid_size")
+WHERE = "train config"
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the slices come from.
+    """Where the patients come from.
 
     ``train`` / ``val``: a directory of patient directories (or one patient), a text file listing
     patient paths one per line (relative to the list file), or a list of those (e.g. OpenKBP's
-    ``train-pats`` and ``extra-train-pats``). ``phantoms``: ``{"n": N, "seed": S,
-    "size": 64, "val": V}`` generates N training and V validation phantoms in memory (used when
-    ``train`` is None). ``val_max_slices`` caps the validation slices (speed).
+    ``train-pats`` and ``extra-train-pats``). ``phantoms``: a :class:`~mddose.data.sources.PhantomSplit`
+    (JSON ``{"train": N, "val": V, "size": 64, "seed": S}``) of phantoms generated in memory (used when ``train``
+    is None). ``val_max_slices`` caps the validation slices (speed).
     """
 
     train: str | tuple[str, ...] | None = None
     val: str | tuple[str, ...] | None = None
-    phantoms: dict[str, int] | None = None
+    phantoms: PhantomSplit | None = None
     val_max_slices: int | None = 64
 
+    def __post_init__(self) -> None:
+        for k in ("train", "val"):
+            v = getattr(self, k)
+            if isinstance(v, list):
+                object.__setattr__(self, k, v := tuple(v))
+            ok = isinstance(v, (str, type(None))) or (isinstance(v, tuple) and v and all(isinstance(x, str) for x in v))
+            if not ok:
+                raise MddoseError(f"{WHERE}: data.{k} must be a path or a non-empty list of paths, got {v!r}")
+        if self.phantoms is not None:
+            object.__setattr__(self, "phantoms", PhantomSplit.from_dict(self.phantoms, WHERE))
+        if self.val_max_slices is not None:
+            check_number(WHERE, "data.val_max_slices", self.val_max_slices, integer=True, at_least=1)
 
-@dataclass(frozen=True)
-class DiffusionConfig:
-    """``diffusion``: the DDPM schedule and parameterisation, and how the training loss is weighted.
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
-    ``prediction``: ``"eps"`` (the paper), ``"v"`` or ``"x0"``. ``loss_weighting``: ``"uniform"`` (Ho et al.'s
-    simple loss) or ``"min_snr"`` (Min-SNR-γ with γ = ``min_snr_gamma``). ``mask_weight``: ``None`` (every pixel
-    alike) or the loss weight of pixels outside the possible-dose mask (inside: 1), e.g. 0 or 0.1. ``loss_type``:
-    ``"mse"`` (Ho et al.) or ``"l1"``.
-    """
 
-    num_timesteps: int = 1000
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    schedule: str = "linear"
-    prediction: str = "eps"          # "eps" (the paper), "v" or "x0"
-    loss_weighting: str = "uniform"  # "uniform" or "min_snr"
-    min_snr_gamma: float = 5.0       # γ of min_snr
-    mask_weight: float | None = None  # loss weight outside the possible-dose mask; None = no mask weighting
-    loss_type: str = "mse"           # "mse" or "l1"
-
-    def make_diffusion(self):
-        """The :class:`~mddose.diffusion.GaussianDiffusion` of these settings (``mask_weight`` is the objective's:
-        it needs the batch's mask, see :class:`mddose.train.objectives.DiffusionObjective`)."""
-        from mddose.diffusion import GaussianDiffusion
-        return GaussianDiffusion(**{k: v for k, v in dataclasses.asdict(self).items() if k != "mask_weight"})
+#: (key, minimum, may be None) of every integer field of :class:`TrainConfig`
+_INTS = (("epochs", 1, False), ("batch_size", 1, True), ("seed", None, False), ("num_workers", 0, False),
+         ("val_every", 0, False), ("val_steps", 1, False), ("val_samples", 1, False), ("warmup_steps", 0, False),
+         ("checkpoint_every", 1, True), ("max_steps", 1, True))
+#: (key, bounds) of every number field (all may be None: from the recipe, or off)
+_NUMBERS = (("lr", {"above": 0}), ("lr_min", {"above": 0}), ("weight_decay", {"at_least": 0}),
+            ("ema_decay", {"at_least": 0, "below": 1}), ("time_budget_s", {"at_least": 0}),
+            ("grad_clip", {"at_least": 0, "hint": " (0 turns clipping off)"}))
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run needs (see module docstring); ``None`` = "from the recipe"."""
+    """Everything a training run needs (see module docstring); ``None`` = "from the recipe".
+
+    ``inputs``: the model kind's input config (None or a JSON object: over the kind's defaults — the phantoms'
+    preset for phantom data); ``data`` and ``diffusion`` may be given as JSON objects too. Every value is
+    checked once, here (``__post_init__``); a bad one → one-line :class:`MddoseError` ``"train config: ..."``.
+    """
 
     model: str = "md-dose"
     preset: str | None = "small"
     model_overrides: dict[str, Any] = field(default_factory=dict)
-    slices: dict[str, Any] = field(default_factory=dict)          # SliceConfig fields (2D models)
-    volume: dict[str, Any] = field(default_factory=dict)          # VolumeConfig fields (3D models)
+    inputs: Any = None                   # the kind's input config: SliceConfig (2D models), VolumeConfig (3D)
     data: DataConfig = field(default_factory=DataConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     recipe: str = "paper"
@@ -168,85 +176,61 @@ class TrainConfig:
     max_steps: int | None = None
     time_budget_s: float | None = None
 
-    # ------------------------------------------------------------------ recipe resolution
-    def resolved(self) -> "TrainConfig":
-        """A copy with every ``None`` recipe field filled from :data:`RECIPES`; validates values (:meth:`check`)."""
-        self.check()
-        recipe = {**RECIPE_DEFAULTS, **RECIPES[self.recipe]}
-        fill = {k: v for k, v in recipe.items() if getattr(self, k) is None}
-        cfg = dataclasses.replace(self, **fill)
-        cfg.check()
-        return cfg
-
-    def check(self, where: str = "train config") -> "TrainConfig":
-        """Validate every field's type and range (``None`` is allowed where a recipe fills it); returns self.
-
-        Raises:
-            MddoseError: one line naming ``where`` (the file), the key, the expectation and the value.
-        """
+    # ------------------------------------------------------------------ the one check
+    def __post_init__(self) -> None:
+        w = WHERE
         for k, typ in (("model", str), ("recipe", str), ("device", str), ("preset", (str, type(None))),
                        ("log_dir", (str, type(None)))):
             if not isinstance(getattr(self, k), typ):
-                raise MddoseError(f"{where}: {k} must be a string, got {getattr(self, k)!r}")
+                raise MddoseError(f"{w}: {k} must be a string, got {getattr(self, k)!r}")
+        from mddose.diffusion import SAMPLERS
         for k, choices in (("recipe", tuple(RECIPES)), ("lr_schedule", LR_SCHEDULES),
-                           ("amp_dtype", ("bfloat16", "float16")), ("val_sampler", _samplers())):
+                           ("amp_dtype", ("bfloat16", "float16")), ("val_sampler", tuple(SAMPLERS))):
             v = getattr(self, k)
-            if v is None and k == "lr_schedule":        # from the recipe
-                continue
-            if not isinstance(v, str) or v not in choices:
-                raise MddoseError(f"{where}: {k} must be one of {', '.join(choices)}, got {v!r}")
-        for k in ("model_overrides", "slices", "volume"):
-            if not isinstance(getattr(self, k), dict):
-                raise MddoseError(f"{where}: '{k}' must be a JSON object, got {getattr(self, k)!r}")
-        for k, lo, optional in (("epochs", 1, False), ("batch_size", 1, True), ("seed", None, False),
-                                ("num_workers", 0, False), ("val_every", 0, False), ("val_steps", 1, False),
-                                ("val_samples", 1, False), ("warmup_steps", 0, False),
-                                ("checkpoint_every", 1, True), ("max_steps", 1, True)):
+            if (v is not None or k != "lr_schedule") and (not isinstance(v, str) or v not in choices):
+                raise MddoseError(f"{w}: {k} must be one of {', '.join(choices)}, got {v!r}")
+        if not isinstance(self.model_overrides, dict):
+            raise MddoseError(f"{w}: 'model_overrides' must be a JSON object, got {self.model_overrides!r}")
+        grid = [k for k in GRID_FIELDS if k in self.model_overrides]
+        if grid:
+            raise MddoseError(f"{w}: model_overrides.{grid[0]}: the grid is the data's; set "
+                              f"{self.kind.section}.size instead")
+        for k, lo, optional in _INTS:
             if getattr(self, k) is not None or not optional:
-                _need_int(k, getattr(self, k), lo, where)
-        for k, limits in (("lr", {"above": 0}), ("lr_min", {"above": 0}), ("weight_decay", {"at_least": 0}),
-                          ("ema_decay", {"at_least": 0, "below": 1}), ("time_budget_s", {"at_least": 0}),
-                          ("grad_clip", {"at_least": 0, "hint": " (0 turns clipping off)"})):
+                check_number(w, k, getattr(self, k), integer=True, at_least=lo)
+        for k, limits in _NUMBERS:
             if getattr(self, k) is not None:
-                _need_number(k, getattr(self, k), where, **limits)
+                check_number(w, k, getattr(self, k), **limits)
         for k in ("amsgrad", "ema_warmup", "amp"):
             if getattr(self, k) is not None and not isinstance(getattr(self, k), bool):
-                raise MddoseError(f"{where}: {k} must be true or false, got {getattr(self, k)!r}")
-        self._check_sections(where)
-        return self
+                raise MddoseError(f"{w}: {k} must be true or false, got {getattr(self, k)!r}")
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        if not isinstance(self.data, DataConfig):
+            set_("data", dataclass_from_dict(DataConfig, self.data, w, prefix="data."))
+        if not isinstance(self.diffusion, DiffusionConfig):
+            set_("diffusion", _section(DiffusionConfig, self.diffusion, "diffusion."))
+        set_("inputs", self.kind.parse_inputs(self.inputs, phantoms=self.data.train is None, where=w,
+                                              defaults=self._preset_grid()))
 
-    def _check_sections(self, where: str) -> None:
-        """``data``, ``diffusion``, and the key names of ``slices`` / ``volume``."""
-        d = self.data
-        for k in ("train", "val"):
-            v = getattr(d, k)
-            ok = isinstance(v, (str, type(None))) or (isinstance(v, (tuple, list)) and v
-                                                      and all(isinstance(x, str) for x in v))
-            if not ok:
-                raise MddoseError(f"{where}: data.{k} must be a path or a non-empty list of paths, got {v!r}")
-        if d.phantoms is not None:
-            phantoms_config(d.phantoms, where)
-        if d.val_max_slices is not None:
-            _need_int("data.val_max_slices", d.val_max_slices, 1, where)
-        diff = self.diffusion
-        _need_int("diffusion.num_timesteps", diff.num_timesteps, 1, where)
-        for k in ("beta_start", "beta_end"):
-            _need_number(f"diffusion.{k}", getattr(diff, k), where, above=0, below=1)
-        for k in ("schedule", "prediction", "loss_weighting", "loss_type"):
-            if not isinstance(getattr(diff, k), str):
-                raise MddoseError(f"{where}: diffusion.{k} must be a string, got {getattr(diff, k)!r}")
-        _need_number("diffusion.min_snr_gamma", diff.min_snr_gamma, where, above=0)
-        if diff.mask_weight is not None:
-            _need_number("diffusion.mask_weight", diff.mask_weight, where, at_least=0,
-                         hint=" (null: no mask weighting)")
-        try:
-            diff.make_diffusion()
-        except MddoseError as exc:
-            raise MddoseError(f"{where}: {exc}") from None
-        from mddose.data.inputs.slices import SliceConfig
-        from mddose.data.inputs.volume import VolumeConfig
-        for key, cls in (("slices", SliceConfig), ("volume", VolumeConfig)):
-            check_keys(getattr(self, key), (f.name for f in dataclasses.fields(cls)), where, f"{key}.")
+    def _preset_grid(self) -> dict[str, int]:
+        """``{"size": grid}`` when the model's preset recommends a ``grid_size`` (3D models: ``small`` = 64),
+        the default of the input config's ``size``; else ``{}``."""
+        from mddose.models.registry import make_config
+        grid = getattr(make_config(self.model, self.preset), "grid_size", None)
+        return {"size": int(grid)} if grid else {}
+
+    @property
+    def kind(self):
+        """The :class:`~mddose.kinds.base.ModelKind` of ``model`` (unknown model: one line listing them)."""
+        from mddose.models.registry import kind_of
+        return kind_of(self.model)
+
+    # ------------------------------------------------------------------ recipe resolution
+    def resolved(self) -> "TrainConfig":
+        """A copy with every ``None`` recipe field filled from :data:`RECIPES` (self when none is None)."""
+        recipe = {**RECIPE_DEFAULTS, **RECIPES[self.recipe]}
+        fill = {k: v for k, v in recipe.items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **fill) if fill else self
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """Learning rate of the (0-based) optimizer ``step`` of a run of ``total_steps`` steps.
@@ -276,39 +260,69 @@ class TrainConfig:
         return lr + (frac - 0.5) / 0.5 * (lo - lr)
 
     # ------------------------------------------------------------------ (de)serialisation
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def to_dict(self, *, inputs: bool = True) -> dict[str, Any]:
+        """The JSON object of this config, the input config under its kind's section (``slices`` / ``volume``);
+        ``inputs=False`` leaves it out (a checkpoint keeps it once, under its own key)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "inputs"}
+        d["data"], d["diffusion"] = self.data.to_dict(), self.diffusion.to_dict()
+        if inputs:
+            d[self.kind.section] = self.inputs.to_dict()
+        return json.loads(json.dumps(d))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "train config") -> "TrainConfig":
-        """Build from a JSON object and :meth:`check` it; unknown keys or bad values → one-line
-        :class:`MddoseError` naming the key and ``where``."""
+    def from_dict(cls, d: dict[str, Any], where: str = "train config", inputs: Any = None) -> "TrainConfig":
+        """Build from a JSON object, checked; unknown keys or bad values → one-line :class:`MddoseError` naming
+        the key and ``where``. ``inputs``: the input config to use when ``d`` has none (a checkpoint's)."""
+        from mddose.kinds import all_kinds
+
         if not isinstance(d, dict):
             raise MddoseError(f"{where}: a train config must be a JSON object, got {type(d).__name__}")
         d = dict(d)
-        for key, sub in (("data", DataConfig), ("diffusion", DiffusionConfig)):
-            if key in d:
-                d[key] = dataclass_from_dict(sub, d[key], where, prefix=f"{key}.")
-        return dataclass_from_dict(cls, d, where).check(where)
+        try:
+            from mddose.models.registry import kind_of
+            own = kind_of(d.get("model", cls.model)) if isinstance(d.get("model", cls.model), str) else None
+            for kind in all_kinds().values():
+                if kind.section in d and kind is not own:
+                    section = d.pop(kind.section)
+                    if section and own is not None:
+                        raise MddoseError(f"{WHERE}: '{kind.section}' is for {kind.words}s; "
+                                          f"{d.get('model', cls.model)} is a {own.words} (use '{own.section}')")
+            if own is not None:
+                d["inputs"] = d.pop(own.section, inputs)
+            elif "inputs" in d:
+                raise MddoseError(f"{WHERE}: unknown key(s) inputs")
+            return dataclass_from_dict(cls, d, WHERE)
+        except MddoseError as exc:
+            raise _named(exc, where) from None
 
 
-def phantoms_config(d: Any, where: str = "train config") -> PhantomsConfig:
-    """The validated :class:`PhantomsConfig` of a ``data.phantoms`` object (``where``: the file, in messages)."""
-    pc = dataclass_from_dict(PhantomsConfig, d, where, prefix="data.phantoms.")
-    for k, lo in (("n", 1), ("seed", 0), ("size", 32), ("val", 0)):
-        _need_int(f"data.phantoms.{k}", getattr(pc, k), lo, where)
-    return pc
+def _section(cls, d: Any, prefix: str):
+    """A section of the train config (``cls`` from the JSON object ``d``), its messages named ``train config``."""
+    try:
+        return dataclass_from_dict(cls, d, WHERE, prefix=prefix)
+    except MddoseError as exc:
+        msg = str(exc)
+        raise MddoseError(msg if msg.startswith(WHERE) else f"{WHERE}: {msg}") from None
+
+
+def _named(exc: MddoseError, where: str) -> MddoseError:
+    """``exc`` with its ``train config`` prefix replaced by ``where`` (the file)."""
+    msg = str(exc)
+    if msg.startswith(f"{WHERE}: "):
+        msg = msg[len(WHERE) + 2:]
+    return MddoseError(f"{where}: {msg}")
 
 
 def resume_differences(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     """``"key (old → new)"`` for every field outside :data:`RESUME_MAY_CHANGE` where the resolved ``cfg``
     differs from ``saved`` (the resolved config dict of the run being resumed; missing fields: defaults)."""
-    old = json.loads(json.dumps(TrainConfig.from_dict(saved, "the run's saved train config").to_dict()))
-    new = json.loads(json.dumps(cfg.to_dict()))
+    old = TrainConfig.from_dict(saved, "the run's saved train config", inputs=cfg.inputs).to_dict()
+    new = cfg.to_dict()
     for d in (old, new):                 # the same folder, however spelled (relative to the current directory)
         for k in ("train", "val"):
             if d["data"].get(k):
-                d["data"][k] = os.path.abspath(d["data"][k])
+                d["data"][k] = os.path.abspath(d["data"][k]) if isinstance(d["data"][k], str) else \
+                    [os.path.abspath(x) for x in d["data"][k]]
     out = []
     for k in new:
         if k not in RESUME_MAY_CHANGE and old.get(k) != new[k]:
@@ -318,31 +332,6 @@ def resume_differences(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
             else:
                 out.append(f"{k} ({old.get(k)!r} → {new[k]!r})")
     return out
-
-
-def _need_int(key: str, v: Any, lo: int | None, where: str) -> None:
-    """``v`` must be an integer (not a bool, not a string) ≥ ``lo``."""
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise MddoseError(f"{where}: {key} must be an integer, got {v!r}")
-    if lo is not None and v < lo:
-        raise MddoseError(f"{where}: {key} must be >= {lo}, got {v}")
-
-
-def _need_number(key: str, v: Any, where: str, *, above: float | None = None, below: float | None = None,
-                 at_least: float | None = None, hint: str = "") -> None:
-    """``v`` must be a finite number (not a bool, not a string), ``> above``, ``< below``, ``>= at_least``."""
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-        raise MddoseError(f"{where}: {key} must be a number, got {v!r}")
-    for ok, rel, bound in ((above is None or v > above, ">", above),
-                           (at_least is None or v >= at_least, ">=", at_least),
-                           (below is None or v < below, "<", below)):
-        if not ok:
-            raise MddoseError(f"{where}: {key} must be {rel} {bound}{hint}, got {v}")
-
-
-def _samplers() -> tuple[str, ...]:
-    from mddose.diffusion import SAMPLERS
-    return tuple(SAMPLERS)
 
 
 def load_train_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
@@ -357,6 +346,7 @@ def load_train_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
     cfg = TrainConfig.from_dict(raw, where=str(path))
     data = cfg.data
     fixed = {}
+
     def resolve(v: str) -> str:
         if Path(v).is_absolute():
             return v
@@ -373,16 +363,18 @@ def load_train_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(data, **fixed))
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if overrides:
-        cfg = dataclasses.replace(cfg, **overrides).check(str(path))
+        try:
+            cfg = dataclasses.replace(cfg, **overrides)
+        except MddoseError as exc:
+            raise _named(exc, str(path)) from None
     return cfg
 
 
 def builtin_config(name: str) -> Path:
-    """Path of a training config shipped in ``mddose/configs`` (``"demo"``, ``"openkbp"``, ``"openkbp-cpu"``,
-    ``"openkbp-c3d"``, ...)."""
-    root = Path(__file__).resolve().parents[1] / "configs"
-    p = root / f"{name}.json"
-    if not p.is_file():
-        known = ", ".join(sorted(q.stem for q in root.glob("*.json")))
-        raise MddoseError(f"--config: no config file and no built-in config named {name!r} (built-in: {known})")
-    return p
+    """Path of a training config shipped in ``mddose/configs`` (:func:`~mddose.utils.builtin.builtin_configs`:
+    ``"demo"``, ``"openkbp"``, ``"openkbp-cpu"``, ``"openkbp-c3d"``, ...)."""
+    found = builtin_configs()
+    if name not in found:
+        raise MddoseError(f"--config: no config file and no built-in config named {name!r} "
+                          f"(built-in: {', '.join(found)})")
+    return found[name]

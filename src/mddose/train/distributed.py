@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Sampler
 
 from mddose.errors import MddoseError
+from mddose.utils.device import pick_device
 
 
 @dataclass
@@ -27,25 +28,13 @@ class DistInfo:
         return self.rank == 0
 
 
-def pick_device(pref: str, local_rank: int = 0) -> torch.device:
-    """``"auto"`` → ``cuda:<local_rank>`` when CUDA is available, else CPU."""
-    if pref == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(pref)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MddoseError(f"device {pref!r} requested but CUDA is not available")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device(f"cuda:{local_rank}")
-    return dev
-
-
 def init_distributed(device_pref: str = "auto") -> DistInfo:
     """Join the torchrun process group when ``WORLD_SIZE > 1`` (gloo on CPU, nccl on CUDA)."""
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_pref, local)
+    device = pick_device(device_pref, local, what="device")
     if world <= 1:
         return DistInfo(device=device)
     if device.type == "cuda":

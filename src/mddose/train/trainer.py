@@ -1,5 +1,5 @@
-"""The training loop: the objective's loss (:mod:`mddose.train.objectives`: the DDPM loss with an ε-, v- or
-x0-target for diffusion models, masked L1 for 3D regression), Adam with the learning rate of
+"""The training loop: the objective of the model's kind (:meth:`mddose.kinds.base.ModelKind.objective`: the DDPM
+loss with an ε-, v- or x0-target for diffusion models, masked L1 for 3D regression), Adam with the learning rate of
 :meth:`~mddose.train.config.TrainConfig.lr_at` (schedule over the run's total steps, optional linear warm-up),
 EMA, gradient clipping, AMP (CUDA), DDP, exact resume.
 
@@ -35,12 +35,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from mddose.errors import MddoseError
 from mddose.train.checkpoint import checkpoint_config, load_train_state, read_checkpoint_config, save_checkpoint
-from mddose.train.config import RESUME_MAY_CHANGE, TrainConfig, load_train_config, resume_differences
+from mddose.train.config import GRID_FIELDS, RESUME_MAY_CHANGE, TrainConfig, load_train_config, resume_differences
 from mddose.train.distributed import (DistInfo, EpochBatchSampler, all_reduce_mean, barrier, cleanup_distributed,
                                       init_distributed)
 from mddose.train.ema import EMA
-from mddose.train.objectives import objective_for
 from mddose.train.logs import RunLogger
+from mddose.utils.device import pick_device
 from mddose.utils.fs import atomic_dir, atomic_write
 from mddose.utils.log import logger
 
@@ -67,7 +67,7 @@ def check_resume_config(cfg: TrainConfig, checkpoint: Path) -> None:
 
     The run's config is the resolved train config saved in the checkpoint's ``config.json`` (the same as the
     run's ``train_config.json`` but for the budget), or ``train_config.json`` beside it for a checkpoint without
-    one. ``cfg`` is resolved first.
+    one. ``cfg`` is resolved (the caller's, once).
     """
     saved = read_checkpoint_config(checkpoint).get("train_config")
     source = checkpoint / "config.json"
@@ -77,7 +77,7 @@ def check_resume_config(cfg: TrainConfig, checkpoint: Path) -> None:
             return
         from mddose.utils.config import read_json_object
         saved = read_json_object(source, "train config")
-    diffs = resume_differences(saved, cfg.resolved())
+    diffs = resume_differences(saved, cfg)
     if diffs:
         raise MddoseError(f"cannot resume: the config differs from the run's ({source}) in {'; '.join(diffs)}; "
                           f"only {', '.join(RESUME_MAY_CHANGE)} may change on --resume", checkpoint.parent)
@@ -93,21 +93,28 @@ class Trainer:
         train_ds: training dataset; an object with ``set_epoch`` gets it called every epoch.
         out_dir: output directory (see module docstring).
         validate: ``f(ema_model) -> score`` (lower is better), run on rank 0; None = no best/ selection.
-        data_config: the JSON dict of the SliceConfig / VolumeConfig, stored in checkpoints.
         dist: process-group info (default: single process on ``cfg.device``).
+    The model's kind (its registry entry's, else ``cfg.model``'s) gives the objective and what the checkpoints
+    hold besides the weights: the input config ``cfg.inputs`` under the kind's key, the train config (without
+    it), and the kind's own entries (the diffusion schedule).
     """
 
     def __init__(self, cfg: TrainConfig, model: nn.Module, train_ds: Dataset, out_dir: str | Path, *,
-                 validate: Callable[[nn.Module], float] | None = None, data_config: dict | None = None,
-                 progress: bool = True, dist: DistInfo | None = None, objective=None):
-        from mddose.train.distributed import pick_device
+                 validate: Callable[[nn.Module], float] | None = None, progress: bool = True,
+                 dist: DistInfo | None = None):
+        from mddose.models.registry import ModelConfig, kind_of
         self.cfg = cfg.resolved()
-        self.dist = dist or DistInfo(device=pick_device(self.cfg.device))
+        self.dist = dist or DistInfo(device=pick_device(self.cfg.device, what="device"))
         self.device = self.dist.device
         self.out = Path(out_dir)
-        self.validate, self.data_config, self.progress = validate, data_config or {}, progress
+        self.validate, self.progress = validate, progress
         self.train_ds = train_ds
-        self.objective = objective if objective is not None else objective_for(self.cfg, model)
+        mcfg = getattr(model, "config", None)
+        try:
+            self.kind = kind_of(mcfg) if isinstance(mcfg, ModelConfig) else self.cfg.kind
+        except KeyError:             # no config, or one of an unregistered class: go by the train config
+            self.kind = self.cfg.kind
+        self.objective = self.kind.objective(self.cfg)
         self.model = model.to(self.device).train()
         self.ema = EMA(self.model, self.cfg.ema_decay, self.cfg.ema_warmup)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
@@ -163,10 +170,10 @@ class Trainer:
         """Write ``out/<name>`` (rank 0 only)."""
         if not self.dist.is_main:
             return None
-        cfg = checkpoint_config(self.model, kind=self.objective.kind,
-                                data_config={self.objective.data_key: self.data_config},
-                                train_config=self.cfg.to_dict(), step=self.step, epoch=self.epoch,
-                                **self.objective.checkpoint_meta())
+        kind = self.kind
+        cfg = checkpoint_config(self.model, kind=kind.name, data_config={kind.data_key: self.cfg.inputs.to_dict()},
+                                train_config=self.cfg.to_dict(inputs=False), step=self.step, epoch=self.epoch,
+                                **kind.checkpoint_meta(self.cfg))
         return save_checkpoint(self.out / name, model=self.model, ema=self.ema.module, config=cfg,
                                optimizer=self.opt, scaler=self.scaler, noise_gen=self.noise_gen, state=self._state())
 
@@ -338,37 +345,35 @@ class Trainer:
 
 
 def model_config_for(cfg: TrainConfig, channels: int, grid: int | None = None):
-    """The model config of a run: ``cfg.model`` + ``cfg.preset`` + ``in_channels`` + ``cfg.model_overrides``;
-    ``grid`` (the slice size or volume edge of the data) is written into the config's ``image_size`` /
-    ``grid_size`` field when the config has one and the overrides do not set it."""
+    """The model config of a run: ``cfg.model`` + ``cfg.preset`` + ``in_channels`` + ``cfg.model_overrides``, with
+    the data's ``grid`` (default: ``cfg.inputs.size``) in the config's ``image_size`` / ``grid_size`` field when
+    it has one (the grid is the data's: ``model_overrides`` may not set it)."""
     from mddose.models.registry import make_config
     mcfg = make_config(cfg.model, cfg.preset, **{"in_channels": channels, **cfg.model_overrides})
-    for name in ("image_size", "grid_size"):
-        if grid and hasattr(mcfg, name) and name not in cfg.model_overrides:
-            mcfg = dataclasses.replace(mcfg, **{name: int(grid)})
-    return mcfg
+    grid = int(grid or cfg.inputs.size)
+    return dataclasses.replace(mcfg, **{k: grid for k in GRID_FIELDS if hasattr(mcfg, k)})
 
 
-def build_model_for(cfg: TrainConfig, channels: int, image_size: int | None = None) -> nn.Module:
+def build_model_for(cfg: TrainConfig, channels: int, grid: int | None = None) -> nn.Module:
     """The model of a run, built from :func:`model_config_for`."""
     from mddose.models.registry import build_model
-    return build_model(model_config_for(cfg, channels, image_size))
+    return build_model(model_config_for(cfg, channels, grid))
 
 
 def train(config: TrainConfig | str | Path, out_dir: str | Path, *, resume: bool = False,
           progress: bool = True, skipped: list[tuple[str, str]] | None = None) -> Path:
     """Train from a config (object or JSON path) into ``out_dir``; returns the best checkpoint dir.
 
-    Any registered model: the registry's ``kind`` of ``cfg.model`` picks the objective (and so the data:
-    slices for 2D diffusion models, volumes for 3D regression models).
+    Any registered model: its kind (:func:`mddose.models.registry.kind_of`) gives the data (slices for 2D
+    diffusion models, volumes for 3D regression models), the objective and the validation score.
     ``resume=True`` continues from ``out_dir/last`` (refused when the config differs from the run's in
     anything but the budget: :func:`check_resume_config`); without it an existing run in ``out_dir`` is an
-    error. Patients that cannot be used are skipped (see :mod:`mddose.train.data`); ``skipped``, if given,
+    error. Patients that cannot be used are skipped (:func:`mddose.utils.batch.skip_item`); ``skipped``, if given,
     receives their ``(path, message)`` (on rank 0). Under ``torchrun`` (WORLD_SIZE > 1) every rank runs this;
     only rank 0 writes.
     """
     cfg = config if isinstance(config, TrainConfig) else load_train_config(config)
-    cfg = cfg.resolved()
+    cfg = cfg.resolved()                  # parsed and checked when it was built; the recipe filled here
     out = Path(out_dir)
     last = find_last(out)
     if resume and last is None:
@@ -377,19 +382,18 @@ def train(config: TrainConfig | str | Path, out_dir: str | Path, *, resume: bool
         raise MddoseError("already holds a training run; use --resume to continue or choose another --out", out)
     if resume:
         check_resume_config(cfg, last)      # before any data is read
-    objective = objective_for(cfg)
-    base = model_config_for(cfg, 1)      # validates model, preset and overrides before any data is read
+    kind = cfg.kind
+    model_config_for(cfg, cfg.inputs.channels)     # validates model, preset and overrides before any data is read
     dist = init_distributed(cfg.device)
     try:
-        data = objective.build_data(cfg, base, progress=progress and dist.is_main)
+        data = kind.build_data(cfg, progress=progress and dist.is_main)
         if skipped is not None and dist.is_main:
             skipped.extend(data.skipped)
         seed_everything(cfg.seed)
         model = build_model_for(cfg, data.channels, data.grid)
-        trainer = Trainer(cfg, model, data.train, out, data_config=data.data_config.to_dict(),
-                          progress=progress, dist=dist, objective=objective)
+        trainer = Trainer(cfg, model, data.train, out, progress=progress, dist=dist)
         if data.val_patients and cfg.val_every:
-            trainer.validate = objective.validator(cfg, data, trainer.device)
+            trainer.validate = trainer.objective.validator(cfg, data, trainer.device)
         if resume:
             trainer.resume()
         return trainer.fit()

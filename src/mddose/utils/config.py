@@ -3,6 +3,9 @@
 * :func:`dataclass_from_dict` — ``cls(**d)`` for a (frozen) dataclass, with lists turned into tuples for
   tuple-typed fields, unknown keys and non-object input refused with one line naming ``where``.
 * :func:`read_json_object` — a JSON file that must hold an object; every failure is one line naming the file.
+* :func:`check_number` — the one check of a number in a config (integer or finite number, bounds), used by every
+  config of the package (train, data inputs, models, diffusion); :func:`check_int_fields` / :func:`check_int_tuple`
+  apply it to fields of a model config.
 * :func:`cache_root` — ``$MDDOSE_CACHE_DIR`` or ``~/.cache/mddose`` (patients, slices, compiled kernels).
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, TypeVar
@@ -46,6 +50,55 @@ def dataclass_from_dict(cls: type[T], d: Any, where: str, *, prefix: str = "", i
         return cls(**conv)
     except TypeError as exc:
         raise MddoseError(f"{where}: {exc}") from None
+
+
+def check_number(where: str, key: str, v: Any, *, integer: bool = False, at_least: float | None = None,
+                 above: float | None = None, below: float | None = None, hint: str = "") -> Any:
+    """``v`` if it is an integer (``integer``) or a finite number, ``>= at_least``, ``> above`` and ``< below``;
+    else a one-line :class:`MddoseError` ``"{where}: {key} must be an integer|a number[, got v]"`` or
+    ``"... must be >= 1{hint}, got 0"`` (``where`` empty: no prefix). Booleans, strings and NaN are refused; an
+    integer field takes no float."""
+    head = f"{where}: {key}" if where else key
+    number = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+    if not number or (integer and not isinstance(v, int)):
+        raise MddoseError(f"{head} must be {'an integer' if integer else 'a number'}, got {v!r}")
+    for ok, rel, bound in ((at_least is None or v >= at_least, ">=", at_least), (above is None or v > above, ">", above),
+                           (below is None or v < below, "<", below)):
+        if not ok:
+            raise MddoseError(f"{head} must be {rel} {bound}{hint}, got {v}")
+    return v
+
+
+def check_int_fields(where: str, cfg: Any, names: Iterable[str], minimum: int | None = 1) -> None:
+    """:func:`check_number` (integer ``>= minimum``) on every field of ``cfg`` named in ``names``."""
+    for name in names:
+        check_number(where, name, getattr(cfg, name), integer=True, at_least=minimum)
+
+
+def check_int_tuple(where: str, cfg: Any, name: str, minimum: int = 1, allow_empty: bool = False) -> None:
+    """Field ``name`` of the frozen ``cfg`` as a tuple of integers ``>= minimum`` (non-empty unless ``allow_empty``);
+    else a one-line :class:`MddoseError`."""
+    v = getattr(cfg, name)
+    if not isinstance(v, (tuple, list)) or (not v and not allow_empty):
+        raise MddoseError(f"{where}: {name} must be a list of integers >= {minimum}, got {v!r}")
+    for i, x in enumerate(v):
+        try:
+            check_number(where, f"{name}[{i}]", x, integer=True, at_least=minimum)
+        except MddoseError:
+            raise MddoseError(f"{where}: {name} must be a list of integers >= {minimum}, got {v!r}") from None
+    object.__setattr__(cfg, name, tuple(v))
+
+
+def check_grid_size(where: str, grid: Any, levels: int) -> None:
+    """The one check of a 3D model's ``grid_size`` (None: not known yet): an integer multiple of 2^(levels-1),
+    at least twice that (every level halves it); else a one-line :class:`MddoseError`."""
+    if grid is None:
+        return
+    check_number(where, "grid_size", grid, integer=True, at_least=1)
+    mult = 2 ** (levels - 1)
+    if grid % mult or grid < 2 * mult:
+        raise MddoseError(f"{where}: grid_size must be a multiple of {mult} (2^(levels-1)) and at least {2 * mult}, "
+                          f"got {grid}")
 
 
 def read_json_object(path: str | os.PathLike, what: str = "JSON file") -> dict:

@@ -79,11 +79,6 @@ def patient_shape(fshape: tuple[int, int, int]) -> tuple[int, int, int]:
     return (int(a2), int(a0), int(a1))
 
 
-def to_patient_order(arr: np.ndarray) -> np.ndarray:
-    """(A0, A1, A2) file-order array → (Z, Y, X) contract order (contiguous copy)."""
-    return np.ascontiguousarray(arr.transpose(2, 0, 1)[::-1])
-
-
 def to_file_order(arr: np.ndarray) -> np.ndarray:
     """(Z, Y, X) contract-order array → (A0, A1, A2) file order (contiguous copy)."""
     return np.ascontiguousarray(arr[::-1].transpose(1, 2, 0))

@@ -14,7 +14,7 @@ import math
 from typing import Any, TypeVar
 
 from mddose.errors import MddoseError
-from mddose.utils.config import dataclass_from_dict
+from mddose.utils.config import check_number, dataclass_from_dict
 
 C = TypeVar("C", bound="InputConfig")
 
@@ -31,14 +31,11 @@ def mirror_name(name: str) -> str | None:
 
 
 def config_number(where: str, key: str, v: Any, low: int | None = None) -> Any:
-    """``v`` as an int ≥ ``low``, or (``low`` None) as a positive finite float; else a one-line MddoseError
-    ``"{where}: {key} must be ..."`` (booleans, strings and NaN are refused)."""
-    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
-    if low is None and not (ok and v > 0):
-        raise MddoseError(f"{where}: {key} must be a positive number, got {v!r}")
-    if low is not None and not (ok and int(v) == v and v >= low):
-        raise MddoseError(f"{where}: {key} must be an integer ≥ {low}, got {v!r}")
-    return float(v) if low is None else int(v)
+    """``v`` as an int ≥ ``low``, or (``low`` None) as a float > 0: :func:`mddose.utils.config.check_number`, the
+    one number check, with the value normalised (so that equal configs hash alike)."""
+    if low is None:
+        return float(check_number(where, key, v, above=0))
+    return int(check_number(where, key, v, integer=True, at_least=low))
 
 
 def roi_names(where: str, key: str, v: Any) -> tuple[str, ...]:

@@ -35,8 +35,9 @@ from mddose.data.inputs.slices import SliceArrays, SliceConfig, patient_to_slice
 from mddose.data.io import detect_format, load_patient
 from mddose.data.patient import Patient
 from mddose.errors import MddoseError
+from mddose.utils.batch import item_name, skip_item
 from mddose.utils.config import cache_root
-from mddose.utils.fs import atomic_dir, describe_error
+from mddose.utils.fs import atomic_dir
 from mddose.utils.log import logger
 
 #: Bump when the slice representation changes (2: per-slice possible-dose mask, crop box, 2.5D channels).
@@ -165,17 +166,6 @@ class CollectedSlices:
     bad: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _name(item) -> str:
-    return item.id if isinstance(item, Patient) else str(item)
-
-
-def _skip(item, exc: BaseException) -> tuple[str, str]:
-    """``(item name, one-line message)`` of an unusable patient, logged as a warning."""
-    msg = describe_error(exc)
-    logger.warning("skipping patient %s: %s", _name(item), msg)
-    return _name(item), msg
-
-
 def _parts(items, keys, cfg: SliceConfig, dtype: str, cache: bool, progress: bool
            ) -> tuple[list[SliceArrays], list[tuple[str, str]]]:
     """Per-patient slice arrays (memory-mapped when cached) and the (item, message) of unusable ones."""
@@ -186,9 +176,9 @@ def _parts(items, keys, cfg: SliceConfig, dtype: str, cache: bool, progress: boo
         try:
             sa = cached_slices(item, cfg, dtype=dtype, cache=cache, key=key)
             if sa.dose is None:
-                raise MddoseError(f"patient {_name(item)}: has no dose (needed for training)")
+                raise MddoseError(f"patient {item_name(item)}: has no dose (needed for training)")
         except Exception as exc:  # noqa: BLE001 - any failure of one patient: report it and go on
-            bad.append(_skip(item, exc))
+            bad.append(skip_item(item, exc))
             continue
         parts.append(sa)
     return parts, bad
@@ -274,7 +264,7 @@ def collect_slices(items: Sequence[Patient | str | os.PathLike], cfg: SliceConfi
             keys.append(slice_key(source_key(item), cfg, dtype) if cache else None)
             good.append(item)
         except Exception as exc:  # noqa: BLE001 - any failure of one patient: report it and go on
-            bad.append(_skip(item, exc))
+            bad.append(skip_item(item, exc))
     entry = None
     if cache and good:
         dkey = hashlib.sha256(json.dumps([SLICE_CACHE_VERSION, "dataset", keys]).encode()).hexdigest()[:32]

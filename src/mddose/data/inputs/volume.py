@@ -339,7 +339,7 @@ def tta_predict(fn: Callable[[torch.Tensor], torch.Tensor], cond: torch.Tensor, 
 
 # ---------------------------------------------------------------------------------------------- dataset
 def item_seed(seed: int, epoch: int, index: int) -> int:
-    """The augmentation seed of item ``index`` in ``epoch`` (as :class:`mddose.train.data.AugmentedView`)."""
+    """The augmentation seed of item ``index`` in ``epoch`` (as :class:`mddose.kinds.diffusion2d.AugmentedView`)."""
     return (int(seed) * 1_000_003 + int(epoch)) * 10_000_019 + int(index)
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mddose.train import shipped
+from mddose.predict import shipped
 from mddose.train.checkpoint import load_checkpoint
 
 NAME = "openkbp-small"
@@ -56,14 +57,29 @@ def test_model_card_says_what_a_user_must_know(folder):
     assert [s for s in shipped.shipped_summary() if s["name"] == NAME][0]["model"] == "md-dose"
 
 
-def test_predicts_a_real_patient_like_a_dose(folder, openkbp_dir):
-    """A trained model puts about the prescription into the PTV70 and much less far from it (2 DDIM steps)."""
+#: main's prediction of validation patient pt_201 (DDIM 2 steps, seed 0, batch 8), recorded before the kinds /
+#: predict/ refactor of issue 19 (commit 007c245): the per-axial-slice sums of the whole (128, 128, 128) dose and
+#: three full axial slices (z = 30, 60, 90), float32 Gy
+REFERENCE = Path(__file__).with_name("data") / "openkbp_small_pt_201.npz"
+
+
+@pytest.fixture(scope="module")
+def pt_201(openkbp_dir):
     from mddose.data.io import load_patient
+
+    return load_patient(openkbp_dir / "validation-pats" / "pt_201")
+
+
+@pytest.fixture(scope="module")
+def predicted(folder, pt_201):
     from mddose.predict import predict_patient
 
-    patient = load_patient(openkbp_dir / "validation-pats" / "pt_201")
-    pred = predict_patient(load_checkpoint(folder), patient, steps=2, progress=False)
-    dose = pred.dose
+    return predict_patient(load_checkpoint(folder), pt_201, steps=2, progress=False).dose
+
+
+def test_predicts_a_real_patient_like_a_dose(predicted, pt_201):
+    """A trained model puts about the prescription into the PTV70 and much less far from it (2 DDIM steps)."""
+    patient, dose = pt_201, predicted
     assert np.isfinite(dose).all() and dose.min() >= 0
     ptv70 = patient.masks["PTV70"]
     mean_ptv70 = float(dose[ptv70].mean())
@@ -71,3 +87,17 @@ def test_predicts_a_real_patient_like_a_dose(folder, openkbp_dir):
     outside = patient.possible_dose_mask & ~ptv70
     assert float(np.abs(dose - patient.dose)[ptv70].mean()) < 10.0
     assert float(dose[outside].mean()) < mean_ptv70
+
+
+def test_prediction_is_what_it_was_before_the_refactor(predicted):
+    """The shipped checkpoint still loads and predicts what it did (:data:`REFERENCE`), to float32 rounding.
+
+    Tolerance: on the machine that recorded it the prediction is bitwise the same with 1 and 2 torch threads;
+    what may differ elsewhere is the order of float32 sums inside the network (BLAS / conv kernels), a few ulps
+    per operation. 1e-4 Gy is ~13 ulps of float32 at 80 Gy (ulp 7.6e-6) and 1e-5 relative — far below any
+    change in the model, the sampler, its noise or the slice geometry (one changed step or seed moves voxels by
+    whole Gy)."""
+    ref = np.load(REFERENCE)
+    assert predicted.shape == (128, 128, 128) and predicted.dtype == np.float32
+    np.testing.assert_allclose(predicted[ref["z"]], ref["slices"], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(predicted.sum(axis=(1, 2), dtype=np.float64), ref["slice_sums"], rtol=1e-5, atol=1e-2)

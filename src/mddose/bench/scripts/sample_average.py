@@ -8,7 +8,7 @@ so a stopped run resumes.
 
 Run from the repository root, alone on the machine:
 
-    python benchmarks/sample_average.py --checkpoint openkbp-small \\
+    python -m mddose.bench.scripts.sample_average --checkpoint openkbp-small \\
         --data ../shared/openkbp/validation-pats --samples 4 --out runs/sample-average
 """
 
@@ -24,7 +24,7 @@ from mddose.data.io import load_patients
 from mddose.evaluate.openkbp import OpenKBPScores, score_patient
 from mddose.predict import predict_patient
 from mddose.train.checkpoint import load_checkpoint
-from mddose.train.shipped import resolve_checkpoint
+from mddose.predict.shipped import resolve_checkpoint
 
 
 def _sample(bundle, patient, seed: int, cache: Path) -> np.ndarray:

@@ -1,0 +1,152 @@
+"""Predicting a folder of patients into an output folder: every patient that can be, the others reported."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mddose.data.patient import Patient
+from mddose.errors import MddoseError
+from mddose.predict.files import OUTPUT_FORMATS, write_prediction
+from mddose.predict.options import checkpoint_defaults, resolve_options
+from mddose.predict.patient import model_name, predict_resolved
+from mddose.utils.batch import skip_item
+from mddose.utils.device import pick_device
+from mddose.utils.log import logger as log
+
+
+def _prepare_output(out: Path, force: bool) -> None:
+    """Create ``out`` (refusing a non-empty one without ``force``), after removing the stale temporary files
+    a killed run left in it (:func:`mddose.utils.fs.clean_stale_temps`); refuse an unwritable one."""
+    from mddose.utils.fs import clean_stale_temps
+
+    if out.exists() and not out.is_dir():
+        raise MddoseError("output exists and is not a directory", out)
+    if out.is_dir():
+        for d in (out, out / "uncertainty"):
+            clean_stale_temps(d)
+        if (out / "uncertainty").is_dir() and not any((out / "uncertainty").iterdir()):
+            (out / "uncertainty").rmdir()       # left empty by a killed run (our own layout directory)
+        if any(out.iterdir()) and not force:
+            raise MddoseError("output directory exists and is not empty (use --force to add to / overwrite it)", out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise MddoseError("output directory is not writable", out)
+
+
+def _load_all(input_path, progress: bool) -> tuple[list[tuple[str, Patient]], list[tuple[str, str]]]:
+    """Every readable patient under ``input_path`` as ``(directory, patient)``, and ``(directory, error)`` for
+    the others — whatever the exception (each logged as one warning line; the traceback at debug level)."""
+    from mddose.data.io import load_patient, patient_dirs
+
+    loaded: list[tuple[str, Patient]] = []
+    errors: list[tuple[str, str]] = []
+    dirs = patient_dirs(input_path)
+    if progress:
+        from tqdm.auto import tqdm
+
+        dirs = tqdm(dirs, desc="loading patients", unit="patient", leave=False)
+    for d in dirs:
+        try:
+            loaded.append((str(d), load_patient(d)))
+        except Exception as exc:  # noqa: BLE001 - a bad patient is reported, the batch goes on
+            errors.append((str(d), skip_item(d, exc)[1]))
+    return loaded, errors
+
+
+def _refuse_duplicates(loaded: list[tuple[str, Patient]]) -> tuple[list[tuple[str, Patient]], list[tuple[str, str]]]:
+    """Split off every patient whose id (case-insensitively: file names) another patient of the batch has too."""
+    by_id: dict[str, list[str]] = {}
+    for d, p in loaded:
+        by_id.setdefault(str(p.id).casefold(), []).append(d)
+    keep, errors = [], []
+    for d, p in loaded:
+        dirs = by_id[str(p.id).casefold()]
+        if len(dirs) > 1:
+            others = ", ".join(x for x in dirs if x != d)
+            exc = MddoseError(f"patient id {p.id!r} is also the id of {others}; refusing both (ids name the "
+                              "output files and must be unique in one batch)", d)
+            errors.append((d, skip_item(d, exc)[1]))
+        else:
+            keep.append((d, p))
+    return keep, errors
+
+
+def predict_to_dir(checkpoint: str | Path, input_path: str | Path, out: str | Path, *, fmt: str = "openkbp",
+                   sampler: str | None = None, steps: int | None = None, eta: float | None = None,
+                   samples: int | None = None, tta: bool | None = None, batch: int = 8,
+                   force: bool = False, seed: int = 0,
+                   device: str = "auto", progress: bool = True) -> tuple[list[str], list[tuple[str, str]]]:
+    """Predict every patient under ``input_path`` and write them into ``out`` — and nowhere else.
+
+    Options left at None take the checkpoint's own defaults (:func:`checkpoint_defaults`), else those of its
+    kind of model (:attr:`mddose.kinds.base.ModelKind.options`), resolved once here;
+    an option of the other kind is refused before any work. Returns ``(ids written, [(patient directory,
+    error), ...])``: a patient that cannot be read or predicted — whatever the exception — or whose id another
+    patient of the batch has too, is reported (one warning line) and skipped, the others are written.
+    Raises :class:`MddoseError` when nothing could be predicted.
+    """
+    if fmt not in OUTPUT_FORMATS:
+        raise MddoseError(f"--format: unknown output format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
+    if batch < 1:
+        raise MddoseError(f"--batch: must be ≥ 1, got {batch}")
+    from mddose.train.checkpoint import load_checkpoint
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MddoseError("output exists and is not a directory", out)
+    if out.is_dir() and not force:
+        _prepare_output(out, force)             # refuse a non-empty output before the (slow) checkpoint load
+    dev = pick_device(device)
+    from mddose.predict.shipped import resolve_checkpoint
+    checkpoint = resolve_checkpoint(checkpoint)
+    bundle = load_checkpoint(checkpoint)
+    opts = resolve_options(bundle.kind, model_name(bundle), checkpoint_defaults(bundle), sampler=sampler,
+                           steps=steps, eta=eta, samples=samples, tta=tta)
+    loaded, errors = _load_all(input_path, progress)
+    loaded, dup_errors = _refuse_duplicates(loaded)
+    errors += dup_errors
+    if loaded:
+        _prepare_output(out, force)
+        bundle.model.to(dev)
+    done: list[str] = []
+    empty: dict[str, list[str]] = {}
+    it = loaded
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(loaded, desc="patients", unit="patient")
+    for d, patient in it:
+        try:
+            pred = predict_resolved(bundle, patient, opts, batch=batch, seed=seed, progress=progress)
+            if pred.missing_rois:
+                log.info("patient %s: no %s: empty input channel(s), as in training", patient.id,
+                         ", ".join(pred.missing_rois))
+                empty[patient.id] = pred.missing_rois
+            write_prediction(pred, patient, out, fmt)
+            done.append(patient.id)
+        except Exception as exc:  # noqa: BLE001 - a bad patient is reported, the batch goes on
+            errors.append((d, skip_item(f"{d} (patient {patient.id})", exc)[1]))
+    if done:
+        _write_run_info(out, checkpoint=checkpoint, input_path=input_path, fmt=fmt, kind=bundle.kind,
+                        model=model_name(bundle), **opts, seed=seed, patients=done, errors=errors,
+                        missing_rois=empty)
+    if not done:
+        detail = "; ".join(f"{p}: {e}" for p, e in errors[:3]) or "no patients found"
+        raise MddoseError(f"nothing was predicted ({detail})", input_path)
+    return done, errors
+
+
+def _write_run_info(out: Path, **info) -> None:
+    """``out/predict.json``: how the predictions were made (the report finds the reference data here)."""
+    import json
+
+    from mddose import __version__
+    from mddose.utils.fs import atomic_write
+
+    info = {k: (str(Path(v).resolve()) if k in ("checkpoint", "input_path") else v) for k, v in info.items()}
+    info["input"] = info.pop("input_path")
+    info["errors"] = [list(e) for e in info["errors"]]
+    info["mddose_version"] = __version__
+    with atomic_write(out / "predict.json", "w") as fh:
+        json.dump(info, fh, indent=2)
