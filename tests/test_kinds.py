@@ -102,7 +102,7 @@ class ToyKind(ModelKind):
             out = bundle.model(_ptv(patient, bundle.data_config)[None])[0, 0].numpy()
         return (out * bundle.data_config.reference_dose * opts["scale"]).astype(np.float32), None
 
-    def iteration(self, model: nn.Module, channels: int, size: int):
+    def iteration(self, model: nn.Module, channels: int, size: int, device: str = "cpu"):
         c = torch.rand(1, channels, size, size, size)
         return (lambda: model(c)), f"toy forward, {size}³"
 

@@ -67,7 +67,7 @@ def test_mixer_path_env(monkeypatch):
 def test_shipped_checkpoint_outputs_unchanged(monkeypatch):
     """openkbp-small's denoiser on a fixed random input: the fast path equals the flipped-copies twin to float32
     tolerance (the twin is the computation the checkpoint was trained with)."""
-    from mddose.train import shipped
+    from mddose.predict import shipped
     from mddose.train.checkpoint import load_checkpoint
 
     found = shipped.shipped_checkpoints()
@@ -75,7 +75,7 @@ def test_shipped_checkpoint_outputs_unchanged(monkeypatch):
         pytest.skip("openkbp-small is not shipped in this checkout")
     bundle = load_checkpoint(found["openkbp-small"])
     model = bundle.model.eval()
-    size, ch = bundle.slice_config.size, bundle.slice_config.channels
+    size, ch = bundle.inputs.size, bundle.inputs.channels
     g = torch.Generator().manual_seed(0)
     x, c = torch.randn(2, 1, size, size, generator=g), torch.randn(2, ch, size, size, generator=g)
     t = torch.tensor([10, 700])

@@ -121,8 +121,9 @@ class ModelKind:
         return None
 
     # ------------------------------------------------------------------ benchmarks
-    def iteration(self, model: nn.Module, channels: int, size: int) -> tuple[Callable[[], Any], str]:
-        """(one call of the network on random inputs at batch 1, what it is)."""
+    def iteration(self, model: nn.Module, channels: int, size: int,
+                  device: str = "cpu") -> tuple[Callable[[], Any], str]:
+        """(one call of the network on random inputs at batch 1 on ``device``, what it is)."""
         raise NotImplementedError
 
 

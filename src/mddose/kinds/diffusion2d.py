@@ -242,9 +242,10 @@ class Diffusion2D(ModelKind):
 
         return int(len(select_slices(patient, bundle.data_config, for_prediction=True)))
 
-    def iteration(self, model: nn.Module, channels: int, size: int) -> tuple[Callable[[], Any], str]:
-        x, c = torch.randn(1, 1, size, size), torch.randn(1, channels, size, size)
-        t = torch.full((1,), 500, dtype=torch.long)
+    def iteration(self, model: nn.Module, channels: int, size: int,
+                  device: str = "cpu") -> tuple[Callable[[], Any], str]:
+        x, c = torch.randn(1, 1, size, size, device=device), torch.randn(1, channels, size, size, device=device)
+        t = torch.full((1,), 500, dtype=torch.long, device=device)
         return (lambda: model(x, t, c)), f"denoiser call, {size}², batch 1"
 
 

@@ -190,8 +190,9 @@ class Regression3D(ModelKind):
             pred = predict_volume(bundle.model, arrays.cond, tta=opts["tta"], vol_cfg=vol_cfg, device=device)
         return volume_to_patient(pred, patient, vol_cfg).astype(np.float32), None
 
-    def iteration(self, model: nn.Module, channels: int, size: int) -> tuple[Callable[[], Any], str]:
-        c = torch.randn(1, channels, size, size, size)
+    def iteration(self, model: nn.Module, channels: int, size: int,
+                  device: str = "cpu") -> tuple[Callable[[], Any], str]:
+        c = torch.randn(1, channels, size, size, size, device=device)
         return (lambda: model(c)), f"forward, {size}³ volume, batch 1"
 
 
