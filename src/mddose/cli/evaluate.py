@@ -50,12 +50,20 @@ def _evaluate(args) -> int:
     from mddose.evaluate.run import check_outputs, default_outputs, evaluate_predictions, write_evaluation
 
     js, pp = default_outputs(args.prediction)
+    from mddose.utils.lock import check_not_own_input, output_lock
+
     js, pp = check_outputs(args.json or js, args.csv or pp, args.force)  # refused before any work
-    res = evaluate_predictions(args.reference, args.prediction, gamma=args.gamma, progress=args.progress)
-    print(res.table())
-    if not res.records:
-        raise MddoseError("no prediction could be evaluated", args.prediction)
-    write_evaluation(res, js, pp, force=args.force)
+    for f, opt in ((js, "--json"), (pp, "--csv")):
+        check_not_own_input(f, args.reference, out_name=opt, input_name="--reference")
+    import contextlib
+
+    same = Path(js).resolve() == Path(pp).resolve()
+    with output_lock(js), (contextlib.nullcontext() if same else output_lock(pp)):
+        res = evaluate_predictions(args.reference, args.prediction, gamma=args.gamma, progress=args.progress)
+        print(res.table())
+        if not res.records:
+            raise MddoseError("no prediction could be evaluated", args.prediction)
+        write_evaluation(res, js, pp, force=args.force)
     print(f"wrote {pp} and {js}")
     return batch_status(res.errors)
 

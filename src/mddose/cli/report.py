@@ -27,8 +27,16 @@ def _run(args) -> int:
 
     if args.max_patients is not None and args.max_patients < 1:
         raise MddoseError(f"--max-patients: must be ≥ 1, got {args.max_patients}")
-    rep = report_run(args.run_dir, args.reference, args.out, force=args.force, max_patients=args.max_patients,
-                     figures_dir=args.figures_dir, progress=True)
+    from pathlib import Path
+
+    from mddose.utils.lock import check_not_own_input, output_lock
+
+    out = Path(args.out) if args.out else Path(args.run_dir) / "report.html"   # report_run's default
+    if args.reference:
+        check_not_own_input(out, args.reference, out_name="--out", input_name="--reference")
+    with output_lock(out):
+        rep = report_run(args.run_dir, args.reference, args.out, force=args.force, max_patients=args.max_patients,
+                         figures_dir=args.figures_dir, progress=True)
     for item, msg in rep.failures:
         print(f"skipped {item}: {msg}")
     print(f"wrote {rep.path}")
