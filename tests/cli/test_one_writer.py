@@ -43,8 +43,9 @@ def _env(tmp_path) -> dict:
 
 
 def _snapshot(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file (SHA-256) and folder (None) under ``root``."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+            for p in sorted(root.rglob("*"))}
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +120,20 @@ def test_export_into_its_own_input_is_refused_even_with_force(tmp_path, monkeypa
     assert len(err) == 1 and "CHECKPOINT" in err[0] and "refused even with --force" in err[0], err
     assert _snapshot(tmp_path / "run") == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+@pytest.mark.parametrize("case", ["predict-input", "predict-checkpoint", "convert", "train-data"])
+def test_other_commands_refuse_their_own_input(tmp_path, monkeypatch, capsys, phantoms, case):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "cfg.json").write_text(json.dumps({"model": "md-dose", "preset": "small", "slices": {"size": 64},
+                                                   "data": {"train": str(phantoms), "val": str(phantoms)}}))
+    argv = {"predict-input": ["predict", "--checkpoint", "openkbp-small", "--input", "ph", "--out", "ph/pred"],
+            "predict-checkpoint": ["predict", "--checkpoint", "ck", "--input", "ph", "--out", "ck"],
+            "convert": ["data", "convert", "ph", "ph/nii", "--to", "nifti"],
+            "train-data": ["train", "--config", "cfg.json", "--out", "ph/run"]}[case]
+    before = _snapshot(tmp_path)
+    assert main([*argv, "--force"] if case != "train-data" else argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "refused even with --force" in err[0] and "Traceback" not in err[0], err
+    assert _snapshot(tmp_path) == before

@@ -49,16 +49,17 @@ def _evaluate(args) -> int:
     from mddose.errors import MddoseError
     from mddose.evaluate.run import check_outputs, default_outputs, evaluate_predictions, write_evaluation
 
-    js, pp = default_outputs(args.prediction)
-    from mddose.utils.lock import check_not_own_input, output_lock
-
-    js, pp = check_outputs(args.json or js, args.csv or pp, args.force)  # refused before any work
-    for f, opt in ((js, "--json"), (pp, "--csv")):
-        check_not_own_input(f, args.reference, out_name=opt, input_name="--reference")
     import contextlib
 
+    from mddose.utils.lock import output_lock
+
+    js, pp = default_outputs(args.prediction)
+    js, pp = check_outputs(args.json or js, args.csv or pp, args.force)  # refused before any work
+    # files inside PRED (an input) by default, by design: locked, not refused as an own input
     same = Path(js).resolve() == Path(pp).resolve()
-    with output_lock(js), (contextlib.nullcontext() if same else output_lock(pp)):
+    ok = Path(args.prediction).is_dir()        # else evaluate_predictions names it (the lock would create it)
+    with (output_lock(js) if ok else contextlib.nullcontext()), \
+            (contextlib.nullcontext() if same or not ok else output_lock(pp)):
         res = evaluate_predictions(args.reference, args.prediction, gamma=args.gamma, progress=args.progress)
         print(res.table())
         if not res.records:

@@ -56,7 +56,12 @@ def _run(args: argparse.Namespace) -> int:
     data = [d for split in (cfg.data.train, cfg.data.val) if split
             for d in ((split,) if isinstance(split, str) else split)]
     check_not_own_input(out, *data, out_name="--out", input_name="data folder")
-    with output_lock(out):
+    import contextlib
+    import os
+
+    # under torchrun every rank runs this with the same --out: rank 0 holds the lock for the job
+    rank0 = os.environ.get("RANK", "0") == "0"
+    with output_lock(out) if rank0 else contextlib.nullcontext():
         best = train(cfg, out, resume=args.resume, progress=not args.no_progress, skipped=skipped)
     print(f"best checkpoint: {best}")
     if not skipped:
