@@ -24,8 +24,9 @@ def test_auto_and_cpu():
 
 @pytest.mark.parametrize("command", ["train", "predict"])
 def test_train_and_predict_refuse_gpu_alike(command, tmp_path, capsys):
+    (tmp_path / "in").mkdir()                     # not tmp_path itself: an --out inside --input is refused
     args = {"train": ["train", "--config", "demo", "--out", str(tmp_path / "run"), "--device", "gpu"],
-            "predict": ["predict", "--checkpoint", "openkbp-small", "--input", str(tmp_path), "--out",
+            "predict": ["predict", "--checkpoint", "openkbp-small", "--input", str(tmp_path / "in"), "--out",
                         str(tmp_path / "pred"), "--device", "gpu"]}[command]
     assert main(args) == 2
     err = capsys.readouterr().err

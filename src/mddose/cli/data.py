@@ -114,9 +114,12 @@ def format_inspection(info: dict) -> str:
 
 def _convert(args: argparse.Namespace) -> int:
     from mddose.data.io import convert
+    from mddose.utils.lock import check_not_own_input, output_lock
 
-    written, bad = convert(args.src, args.dst, args.to, src_format=args.src_format, force=args.force,
-                           progress=sys.stderr.isatty())
+    check_not_own_input(args.dst, args.src, out_name="DST", input_name="SRC")
+    with output_lock(args.dst):
+        written, bad = convert(args.src, args.dst, args.to, src_format=args.src_format, force=args.force,
+                               progress=sys.stderr.isatty())
     print(f"converted {len(written)} patient(s) to {args.to} in {args.dst}"
           + (f"; {len(bad)} skipped" if bad else ""))
     return _failed(bad, len(written) + len(bad), "converted")
@@ -126,8 +129,10 @@ def _phantom(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise MddoseError(f"--n must be at least 1, got {args.n}")
     from mddose.data.phantom import write_phantoms
+    from mddose.utils.lock import output_lock
 
-    paths = write_phantoms(args.n, args.out, seed=args.seed, size=args.size, format=args.format,
-                           force=args.force)
+    with output_lock(args.out):
+        paths = write_phantoms(args.n, args.out, seed=args.seed, size=args.size, format=args.format,
+                               force=args.force)
     print(f"wrote {len(paths)} phantom(s) to {args.out}")
     return 0

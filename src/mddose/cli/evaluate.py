@@ -49,13 +49,22 @@ def _evaluate(args) -> int:
     from mddose.errors import MddoseError
     from mddose.evaluate.run import check_outputs, default_outputs, evaluate_predictions, write_evaluation
 
+    import contextlib
+
+    from mddose.utils.lock import output_lock
+
     js, pp = default_outputs(args.prediction)
     js, pp = check_outputs(args.json or js, args.csv or pp, args.force)  # refused before any work
-    res = evaluate_predictions(args.reference, args.prediction, gamma=args.gamma, progress=args.progress)
-    print(res.table())
-    if not res.records:
-        raise MddoseError("no prediction could be evaluated", args.prediction)
-    write_evaluation(res, js, pp, force=args.force)
+    # files inside PRED (an input) by default, by design: locked, not refused as an own input
+    same = Path(js).resolve() == Path(pp).resolve()
+    ok = Path(args.prediction).is_dir()        # else evaluate_predictions names it (the lock would create it)
+    with (output_lock(js) if ok else contextlib.nullcontext()), \
+            (contextlib.nullcontext() if same or not ok else output_lock(pp)):
+        res = evaluate_predictions(args.reference, args.prediction, gamma=args.gamma, progress=args.progress)
+        print(res.table())
+        if not res.records:
+            raise MddoseError("no prediction could be evaluated", args.prediction)
+        write_evaluation(res, js, pp, force=args.force)
     print(f"wrote {pp} and {js}")
     return batch_status(res.errors)
 

@@ -30,6 +30,10 @@ def _run(args) -> int:
         except (OSError, UnicodeDecodeError) as exc:
             raise MddoseError(f"cannot read the model card ({exc})", args.card) from None
     predict = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps)) if v is not None}
-    out = export_for_prediction(args.checkpoint, args.out, card=card, force=args.force, predict=predict)
+    from mddose.utils.lock import check_not_own_input, output_lock
+
+    check_not_own_input(args.out, args.checkpoint, out_name="OUT", input_name="CHECKPOINT")
+    with output_lock(args.out):
+        out = export_for_prediction(args.checkpoint, args.out, card=card, force=args.force, predict=predict)
     print(f"exported {args.checkpoint} -> {out}")
     return 0

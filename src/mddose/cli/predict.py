@@ -49,11 +49,16 @@ def register(sub) -> None:
 
 def _run(args) -> int:
     from mddose.predict import predict_to_dir
+    from mddose.utils.lock import check_not_own_input, output_lock
 
-    done, errors = predict_to_dir(
-        args.checkpoint, args.input, args.out, fmt=args.format, sampler=args.sampler, steps=args.steps,
-        eta=args.eta, samples=args.samples, tta=args.tta, batch=args.batch,
-        force=args.force, seed=args.seed, device=args.device, progress=sys.stderr.isatty())
+    check_not_own_input(args.out, args.input, out_name="--out", input_name="--input")
+    if Path(args.checkpoint).exists():        # a shipped checkpoint's name is not a folder here
+        check_not_own_input(args.out, args.checkpoint, out_name="--out", input_name="--checkpoint")
+    with output_lock(args.out):
+        done, errors = predict_to_dir(
+            args.checkpoint, args.input, args.out, fmt=args.format, sampler=args.sampler, steps=args.steps,
+            eta=args.eta, samples=args.samples, tta=args.tta, batch=args.batch,
+            force=args.force, seed=args.seed, device=args.device, progress=sys.stderr.isatty())
     print(f"predicted {len(done)} patient(s) into {args.out}")
     if not errors:
         return 0

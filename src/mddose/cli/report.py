@@ -27,8 +27,18 @@ def _run(args) -> int:
 
     if args.max_patients is not None and args.max_patients < 1:
         raise MddoseError(f"--max-patients: must be ≥ 1, got {args.max_patients}")
-    rep = report_run(args.run_dir, args.reference, args.out, force=args.force, max_patients=args.max_patients,
-                     figures_dir=args.figures_dir, progress=True)
+    from pathlib import Path
+
+    from mddose.utils.lock import output_lock
+
+    # one HTML file, by default inside RUN_DIR (an input) by design: locked, not refused
+    import contextlib
+
+    out = Path(args.out) if args.out else Path(args.run_dir) / "report.html"   # report_run's default
+    # a missing RUN_DIR is report_run's error to name (the lock would create it)
+    with output_lock(out) if args.out or Path(args.run_dir).is_dir() else contextlib.nullcontext():
+        rep = report_run(args.run_dir, args.reference, args.out, force=args.force, max_patients=args.max_patients,
+                         figures_dir=args.figures_dir, progress=True)
     for item, msg in rep.failures:
         print(f"skipped {item}: {msg}")
     print(f"wrote {rep.path}")

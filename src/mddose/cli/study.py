@@ -33,7 +33,10 @@ def _run(args) -> int:
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
     for name in only or []:
         cfg.method(name)                          # unknown names → one line, exit 2, before any work
-    study = run_study(cfg, args.out, resume=args.resume, only=only, progress=not args.no_progress)
+    from mddose.utils.lock import output_lock
+
+    with output_lock(args.out):
+        study = run_study(cfg, args.out, resume=args.resume, only=only, progress=not args.no_progress)
     failed = {m: r["failed"] for m, r in study["methods"].items() if r["status"] == "failed"}
     print(f"study {cfg.name}: tables and report in {args.out}")
     for m, f in failed.items():

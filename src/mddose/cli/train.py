@@ -51,7 +51,18 @@ def _run(args: argparse.Namespace) -> int:
                             time_budget_s=None if args.max_minutes is None else args.max_minutes * 60)
     out = Path(args.out) if args.out else Path("runs") / path.stem
     skipped: list[tuple[str, str]] = []
-    best = train(cfg, out, resume=args.resume, progress=not args.no_progress, skipped=skipped)
+    from mddose.utils.lock import check_not_own_input, output_lock
+
+    data = [d for split in (cfg.data.train, cfg.data.val) if split
+            for d in ((split,) if isinstance(split, str) else split)]
+    check_not_own_input(out, *data, out_name="--out", input_name="data folder")
+    import contextlib
+    import os
+
+    # under torchrun every rank runs this with the same --out: rank 0 holds the lock for the job
+    rank0 = os.environ.get("RANK", "0") == "0"
+    with output_lock(out) if rank0 else contextlib.nullcontext():
+        best = train(cfg, out, resume=args.resume, progress=not args.no_progress, skipped=skipped)
     print(f"best checkpoint: {best}")
     if not skipped:
         return 0
