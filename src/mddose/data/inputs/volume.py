@@ -161,15 +161,12 @@ def target_channel(patient: Patient, cfg: VolumeConfig, missing: list[str] | Non
     return out
 
 
-def patient_to_volume(patient: Patient, cfg: VolumeConfig) -> VolumeArrays:
-    """One patient as model input/target on the S³ grid (see the module docstring).
+def native_volume(patient: Patient, cfg: VolumeConfig) -> VolumeArrays:
+    """One patient's model channels on its own grid (no geometry applied: what :func:`patient_to_volume` resamples).
 
     Returns:
-        :class:`VolumeArrays`: cond (C, S, S, S), dose (1, S, S, S) or None, mask (1, S, S, S), float32.
+        :class:`VolumeArrays`: cond (C, Z, Y, X), dose (1, Z, Y, X) or None, mask (1, Z, Y, X), float32.
     """
-    grid = (cfg.size,) * 3
-    if patient.shape != grid:
-        check_spacing(patient, cfg.size)
     missing: list[str] = []
     cond = np.empty((cfg.channels, *patient.shape), dtype=np.float32)
     cond[0] = ct_channel(patient.ct, cfg)
@@ -181,6 +178,20 @@ def patient_to_volume(patient: Patient, cfg: VolumeConfig) -> VolumeArrays:
     dose = None
     if patient.dose is not None:
         dose = (patient.dose / np.float32(cfg.reference_dose)).astype(np.float32)[None]
+    return VolumeArrays(cond=cond, dose=dose, mask=mask, missing=list(dict.fromkeys(missing)))
+
+
+def patient_to_volume(patient: Patient, cfg: VolumeConfig) -> VolumeArrays:
+    """One patient as model input/target on the S³ grid (see the module docstring).
+
+    Returns:
+        :class:`VolumeArrays`: cond (C, S, S, S), dose (1, S, S, S) or None, mask (1, S, S, S), float32.
+    """
+    grid = (cfg.size,) * 3
+    if patient.shape != grid:
+        check_spacing(patient, cfg.size)
+    arr = native_volume(patient, cfg)
+    cond, dose, mask = arr.cond, arr.dose, arr.mask
     if patient.shape != grid:
         cond = to_grid(cond, grid)
         np.clip(cond[1], 0.0, None, out=cond[1])
@@ -188,7 +199,7 @@ def patient_to_volume(patient: Patient, cfg: VolumeConfig) -> VolumeArrays:
         mask = (to_grid(mask, grid) >= 0.5).astype(np.float32)
         dose = None if dose is None else np.clip(to_grid(dose, grid), 0.0, None)
     return VolumeArrays(cond=np.ascontiguousarray(cond), dose=dose, mask=np.ascontiguousarray(mask),
-                        missing=list(dict.fromkeys(missing)))
+                        missing=arr.missing)
 
 
 def volume_to_patient(pred, patient: Patient, cfg: VolumeConfig) -> np.ndarray:
