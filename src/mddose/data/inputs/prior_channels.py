@@ -28,7 +28,6 @@ when it is built (:func:`check_augmentation`): OpenKBP's nine fields allow x fli
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -149,16 +148,3 @@ def patient_priors(patient, spec, targets: Sequence[str], reference_dose: float)
     if not np.isfinite(out).all():
         raise MddoseError(f"patient {patient.id}: its priors are not finite (check its CT and spacing)")
     return out
-
-
-def describe(spec) -> str:
-    """A short description of ``spec`` for logs: ``"sdf, beams (9 fields), prior_dose"``."""
-    if spec is None:
-        return "none"
-    n = len(spec.arrangement.gantry_deg)
-    return ", ".join(f"{k} ({n} fields)" if k == "beams" else k for k in spec.names)
-
-
-def rotations(step_deg: float, count: int) -> list[float]:
-    """The non-zero rotations ``step_deg · k``, k = 1 … count − 1 (what a rotation augmentation may draw)."""
-    return [math.fmod(step_deg * k, 360.0) for k in range(1, count)]
