@@ -92,7 +92,7 @@ def test_models_cli_lists_every_preset(capsys):
     from mddose.cli.main import main
 
     assert main(["models", "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    rows = json.loads(capsys.readouterr().out)["models"]
     assert sorted((r["name"], r["preset"]) for r in rows) == sorted({(n, p) for n, p, _ in CASES})
     for r in rows:
         info = model_info(r["name"])
@@ -112,7 +112,7 @@ def test_models_json_fields_of_the_compared_methods(capsys):
     from mddose.cli.main import main
 
     assert main(["models", "--json"]) == 0
-    rows = {(r["name"], r["preset"]): r for r in json.loads(capsys.readouterr().out)}
+    rows = {(r["name"], r["preset"]): r for r in json.loads(capsys.readouterr().out)["models"]}
     expect = {"c3d": ("regression", 3, "official-code"), "hd-unet": ("regression", 3, "official-code"),
               "diffdp": ("diffusion", 2, "reconstruction"), "sp-diffdose": ("diffusion", 2, "reconstruction"),
               "md-dose": ("diffusion", 2, "paper")}

@@ -81,7 +81,7 @@ def test_cli_predict_by_name_and_models_lists_it(trained, tmp_path, monkeypatch,
     assert dose.shape == p.shape and np.isfinite(dose).all()
     capsys.readouterr()
     assert main(["models", "--json"]) == 0
-    rows = {(r["name"], r["preset"]): r for r in json.loads(capsys.readouterr().out)}
+    rows = {(r["name"], r["preset"]): r for r in json.loads(capsys.readouterr().out)["models"]}
     assert rows[("md-dose", "tiny")]["shipped"] == ["phantom-tiny"] and rows[("c3d", "tiny")]["shipped"] == []
     rc = main(["predict", "--checkpoint", "openkbp-huge", "--input", str(tmp_path / "in"), "--out",
                str(tmp_path / "p2")])

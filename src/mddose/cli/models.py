@@ -55,7 +55,8 @@ def _handler(args) -> int:
         raise MddoseError(f"--in-channels must be >= 1, got {args.in_channels}")
     rows = list_models(args.in_channels)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        from mddose.predict.shipped import shipped_summary
+        print(json.dumps({"models": rows, "shipped": shipped_summary()}, indent=2))
         return 0
     print(f"{'model':<13} {'preset':<7} {'parameters':>12}  {'kind':<10} {'dims':<4} {'fidelity':<14} source")
     for r in rows:
@@ -65,5 +66,6 @@ def _handler(args) -> int:
     from mddose.predict.shipped import shipped_summary
     shipped = shipped_summary()
     print("shipped checkpoints (mddose predict --checkpoint NAME): "
-          + (", ".join(f"{s['name']} ({s['model']} {s['preset']})" for s in shipped) or "none in this version"))
+          + (", ".join(f"{s['name']} ({s['model']}{' ' + s['preset'] if s['preset'] else ''})" for s in shipped)
+             or "none in this version"))
     return 0

@@ -40,6 +40,9 @@ def register(sub) -> None:
     r.add_argument("--no-tta", dest="tta", action="store_const", const=False, default=None,
                    help=option_help("regression", "tta", "one forward pass instead of the mean over four flips "
                                                         "(test-time augmentation; tta)"))
+    p.add_argument("--beams", default=None, metavar="ANGLES",
+                   help="gantry angles (degrees, IEC 61217, comma-separated) of the fields of patients without an "
+                        "RTPLAN, for a model trained with beam priors (default: those it was trained with)")
     p.add_argument("--batch", type=int, default=8, help="slices per sampler call (default 8: fastest per slice on CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -58,7 +61,7 @@ def _run(args) -> int:
         done, errors = predict_to_dir(
             args.checkpoint, args.input, args.out, fmt=args.format, sampler=args.sampler, steps=args.steps,
             eta=args.eta, samples=args.samples, tta=args.tta, batch=args.batch,
-            force=args.force, seed=args.seed, device=args.device, progress=sys.stderr.isatty())
+            force=args.force, seed=args.seed, beams=args.beams, device=args.device, progress=sys.stderr.isatty())
     print(f"predicted {len(done)} patient(s) into {args.out}")
     if not errors:
         return 0

@@ -5,6 +5,6 @@ line here).
 """
 
 from mddose.kinds.base import ModelKind, TrainData, all_kinds, get_kind, register_kind
-from mddose.kinds import diffusion2d, regression3d  # noqa: E402,F401  (registers "diffusion", "regression")
+from mddose.kinds import diffusion2d, prior, regression3d  # noqa: E402,F401  (registers "diffusion", "prior", "regression")
 
 __all__ = ["ModelKind", "TrainData", "all_kinds", "get_kind", "register_kind"]

@@ -63,6 +63,8 @@ class ModelKind:
     input_config: type = object
     #: prediction options → their defaults (the one default of each)
     options: dict[str, Any] = {}
+    #: a computed method with no weights (its checkpoint is a config.json; :meth:`model` gives its module)
+    weightless: bool = False
 
     # ------------------------------------------------------------------ inputs
     def parse_inputs(self, d: Any, *, phantoms: bool, where: str = "train config",
@@ -102,6 +104,10 @@ class ModelKind:
     def load_meta(self, meta: dict, where: str) -> Any:
         """What prediction needs from those entries (e.g. the ``GaussianDiffusion``); None if nothing."""
         return None
+
+    def model(self, meta: dict, where: str) -> nn.Module:
+        """The module of a :attr:`weightless` kind's checkpoint ``meta`` (others build theirs from the registry)."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ prediction
     def check_option(self, name: str, value: Any, where: str) -> None:

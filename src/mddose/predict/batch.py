@@ -75,7 +75,7 @@ def _refuse_duplicates(loaded: list[tuple[str, Patient]]) -> tuple[list[tuple[st
 def predict_to_dir(checkpoint: str | Path, input_path: str | Path, out: str | Path, *, fmt: str = "openkbp",
                    sampler: str | None = None, steps: int | None = None, eta: float | None = None,
                    samples: int | None = None, tta: bool | None = None, batch: int = 8,
-                   force: bool = False, seed: int = 0,
+                   force: bool = False, seed: int = 0, beams=None,
                    device: str = "auto", progress: bool = True) -> tuple[list[str], list[tuple[str, str]]]:
     """Predict every patient under ``input_path`` and write them into ``out`` — and nowhere else.
 
@@ -84,12 +84,16 @@ def predict_to_dir(checkpoint: str | Path, input_path: str | Path, out: str | Pa
     an option of the other kind is refused before any work. Returns ``(ids written, [(patient directory,
     error), ...])``: a patient that cannot be read or predicted — whatever the exception — or whose id another
     patient of the batch has too, is reported (one warning line) and skipped, the others are written.
+    ``beams``: the fields (``"0,40,…"`` or angles) of patients without an RTPLAN, for a model trained with beam
+    priors (:func:`~mddose.predict.options.with_beams`; refused in one line for any other).
     Raises :class:`MddoseError` when nothing could be predicted.
     """
     if fmt not in OUTPUT_FORMATS:
         raise MddoseError(f"--format: unknown output format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
     if batch < 1:
         raise MddoseError(f"--batch: must be ≥ 1, got {batch}")
+    from mddose.predict.options import parse_beams, with_beams
+    arrangement = parse_beams(beams)
     from mddose.train.checkpoint import load_checkpoint
 
     out = Path(out)
@@ -101,6 +105,7 @@ def predict_to_dir(checkpoint: str | Path, input_path: str | Path, out: str | Pa
     from mddose.predict.shipped import resolve_checkpoint
     checkpoint = resolve_checkpoint(checkpoint)
     bundle = load_checkpoint(checkpoint)
+    bundle = with_beams(bundle, arrangement, f"checkpoint {checkpoint.name}")
     opts = resolve_options(bundle.kind, model_name(bundle), checkpoint_defaults(bundle), sampler=sampler,
                            steps=steps, eta=eta, samples=samples, tta=tta)
     loaded, errors = _load_all(input_path, progress)

@@ -63,3 +63,47 @@ def checkpoint_defaults(bundle) -> dict:
         except MddoseError:
             raise MddoseError(f"{where}: 'predict.{k}' = {v!r} is not a valid value") from None
     return dict(d)
+
+
+def parse_beams(value, where: str = "--beams"):
+    """``value`` (``"0,40,80"``, a list of angles, or None) as a :class:`~mddose.data.priors.BeamArrangement`
+    (None when not given); a bad list → one-line :class:`MddoseError` naming ``where``."""
+    from mddose.data.priors import BeamArrangement
+
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        try:
+            value = [float(p) for p in parts]
+        except ValueError:
+            raise MddoseError(f"{where}: expected gantry angles in degrees separated by commas, got "
+                              f"{', '.join(parts)!r}") from None
+    try:
+        return BeamArrangement(tuple(value), source="command line")
+    except MddoseError as exc:
+        raise MddoseError(f"{where}: {str(exc).split(': ', 1)[-1]}") from None
+
+
+def with_beams(bundle, arrangement, model_name: str = "this model", where: str = "--beams"):
+    """``bundle`` predicting with the fields ``arrangement`` (patients without an RTPLAN of their own).
+
+    Refused in one line when the checkpoint was trained without beam priors, or with one input channel per field
+    of another arrangement (its channels are those fields)."""
+    import dataclasses
+
+    if arrangement is None:
+        return bundle
+    inputs = bundle.data_config
+    spec = getattr(inputs, "priors", None)
+    if spec is None or not {"beams", "beam_sum", "prior_dose"} & set(spec.names):
+        raise MddoseError(f"{where}: {model_name} was trained without beam priors (its inputs: "
+                          f"{', '.join(inputs.channel_names)}); it takes no beam arrangement")
+    if "beams" in spec.names and tuple(arrangement.gantry_deg) != tuple(spec.arrangement.gantry_deg):
+        raise MddoseError(f"{where}: {model_name} has one input channel per field of its arrangement "
+                          f"({', '.join(f'{a:g}' for a in spec.arrangement.gantry_deg)}°); it cannot take other "
+                          "fields")
+    arrangement = dataclasses.replace(arrangement, sad_mm=spec.arrangement.sad_mm) \
+        if arrangement.source == "command line" else arrangement
+    bundle.inputs = dataclasses.replace(inputs, priors=dataclasses.replace(spec, arrangement=arrangement))
+    return bundle

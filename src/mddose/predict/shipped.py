@@ -41,9 +41,21 @@ def resolve_checkpoint(arg: str | os.PathLike, root: Path | None = None) -> Path
                       f"(shipped: {known})")
 
 
+def shipped_validation(folder: Path) -> dict | None:
+    """The scores measured for a shipped checkpoint (its ``validation.json``): ``{"dose_score", "dvh_score",
+    "patients", ...}`` (Gy, OpenKBP definitions), or None when it has none."""
+    import json
+
+    try:
+        v = json.loads((folder / "validation.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return v if isinstance(v, dict) else None
+
+
 def shipped_summary(root: Path | None = None) -> list[dict]:
     """One dict per shipped checkpoint: name, model, preset, kind, step, its sampler defaults (``predict``), path,
-    the model card's title."""
+    the model card's title, and ``validation``: the measured scores (:func:`shipped_validation`, or None)."""
     import json
 
     out = []
@@ -56,5 +68,6 @@ def shipped_summary(root: Path | None = None) -> list[dict]:
         title = card.read_text(encoding="utf-8").splitlines()[0].lstrip("# ").strip() if card.is_file() else ""
         out.append({"name": name, "model": (cfg.get("model") or {}).get("model"),
                     "preset": (cfg.get("train_config") or {}).get("preset"), "kind": cfg.get("kind"),
-                    "step": cfg.get("step"), "predict": cfg.get("predict") or {}, "path": str(d), "card": title})
+                    "step": cfg.get("step"), "predict": cfg.get("predict") or {}, "path": str(d), "card": title,
+                    "validation": shipped_validation(d)})
     return out

@@ -44,14 +44,21 @@ STUDY_OWNED = ("model", "preset", "model_overrides", "data", "max_steps", "time_
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One compared method: a registered model + preset + overrides + training settings, with a display name."""
+    """One compared method: a registered model + preset + overrides + training settings, with a display name; or
+    an existing ``checkpoint`` (a path or a shipped name, e.g. ``"prior-dose"``) that is only predicted."""
 
     name: str
-    model: str
+    model: str = ""
+    checkpoint: str | None = None
     preset: str | None = "small"
     overrides: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     tables: tuple[str, ...] = ("table1",)
+
+    @property
+    def trained(self) -> bool:
+        """Whether the study trains this method (False: it predicts with its ``checkpoint``)."""
+        return self.checkpoint is None
 
     @property
     def slug(self) -> str:
@@ -119,6 +126,14 @@ class StudyConfig:
 # ------------------------------------------------------------------------------------------ parsing
 def _method(d: Any, where: str, i: int) -> MethodSpec:
     m = dataclass_from_dict(MethodSpec, d, where, prefix=f"methods[{i}].")
+    if not isinstance(m.model, str) or (m.checkpoint is not None and not isinstance(m.checkpoint, str)):
+        raise MddoseError(f"{where}: methods[{i}].model and .checkpoint must be strings")
+    if bool(m.model) == (m.checkpoint is not None):
+        raise MddoseError(f"{where}: methods[{i}] needs either 'model' (trained by the study) or 'checkpoint' "
+                          "(predicted only), not both")
+    if m.checkpoint is not None and (m.train or m.overrides):
+        raise MddoseError(f"{where}: methods[{i}] predicts with checkpoint {m.checkpoint!r}: it takes no 'train' "
+                          "or 'overrides'")
     for key in ("overrides", "train"):
         if not isinstance(getattr(m, key), dict):
             raise MddoseError(f"{where}: methods[{i}].{key} must be an object")
@@ -136,7 +151,16 @@ def _check_models(cfg: StudyConfig, where: str) -> None:
     from mddose.models import make_config
     from mddose.train.config import TrainConfig
 
+    from mddose.predict.shipped import resolve_checkpoint
+    from mddose.train.checkpoint import read_checkpoint_config
+
     for m in cfg.methods:
+        if not m.trained:
+            try:
+                read_checkpoint_config(resolve_checkpoint(m.checkpoint))
+            except MddoseError as exc:
+                raise MddoseError(f"{where}: method {m.name!r}: {exc}") from None
+            continue
         try:
             make_config(m.model, m.preset, **{"in_channels": 9, **m.overrides})
             TrainConfig.from_dict({**m.train, "model": m.model, "preset": m.preset, "model_overrides": dict(m.overrides)},

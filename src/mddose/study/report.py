@@ -65,7 +65,7 @@ def _slug(study: dict, name: str) -> str:
     from mddose.study.config import MethodSpec
 
     m = next(m for m in study["config"]["methods"] if m["name"] == name)
-    return MethodSpec(name=m["name"], model=m["model"]).slug
+    return MethodSpec(name=m["name"], model=m.get("model", "")).slug
 
 
 def _img(uri: str, caption: str) -> str:

@@ -104,6 +104,11 @@ def _elapsed_in(run: Path) -> float:
 def stage_train(cfg: StudyConfig, m: MethodSpec, data: StudyDataPaths, st: MethodState) -> dict:
     from mddose.train.trainer import find_last, train
 
+    if not m.trained:            # predicted with an existing checkpoint: nothing to train
+        from mddose.predict.shipped import resolve_checkpoint
+
+        return {"checkpoint": str(resolve_checkpoint(m.checkpoint).resolve()), "steps": 0, "seconds_this_run": 0.0,
+                "train_seconds": 0.0, "resumed": False, "pretrained": m.checkpoint}
     run = st.dir / "train"
     resume = find_last(run) is not None
     left = None
@@ -121,11 +126,12 @@ def stage_train(cfg: StudyConfig, m: MethodSpec, data: StudyDataPaths, st: Metho
             "train_seconds": round(_elapsed_in(run), 1), "resumed": resume}
 
 
-def _predict_options(cfg: StudyConfig, model: str) -> dict:
-    """The study's prediction options that the kind of ``model`` takes."""
-    from mddose.models import kind_of
+def _predict_options(cfg: StudyConfig, checkpoint: str | Path) -> dict:
+    """The study's prediction options that the kind of the model in ``checkpoint`` takes."""
+    from mddose.kinds import get_kind
 
-    return {k: v for k, v in cfg.predict.items() if k in kind_of(model).options}
+    kind = get_kind(read_json(Path(checkpoint) / "config.json").get("kind", "diffusion"))
+    return {k: v for k, v in cfg.predict.items() if k in kind.options}
 
 
 def stage_predict(cfg: StudyConfig, m: MethodSpec, data: StudyDataPaths, st: MethodState) -> dict:
@@ -135,7 +141,7 @@ def stage_predict(cfg: StudyConfig, m: MethodSpec, data: StudyDataPaths, st: Met
     pred = st.dir / "pred"
     t0 = time.monotonic()
     done, errors = predict_to_dir(ckpt, data.test_dir, pred, fmt="nifti", force=True, progress=False,
-                                  seed=cfg.seed, **_predict_options(cfg, m.model))
+                                  seed=cfg.seed, **_predict_options(cfg, ckpt))
     s = time.monotonic() - t0
     return {"patients": list(done), "errors": [list(e) for e in errors], "seconds": round(s, 1),
             "seconds_per_patient": round(s / max(len(done), 1), 2)}

@@ -45,7 +45,7 @@ def collect(cfg: StudyConfig, out: Path) -> dict[str, dict]:
         st = MethodState.load(out / "methods" / m.slug)
         status = "failed" if st.failed else ("done" if st.done("evaluate") else
                                             ("not run" if not st.stages else "incomplete"))
-        recs[m.name] = {"model": m.model, "preset": m.preset, "overrides": dict(m.overrides),
+        recs[m.name] = {"model": m.model, "checkpoint": m.checkpoint, "preset": m.preset, "overrides": dict(m.overrides),
                         "tables": list(m.tables), "status": status, "failed": st.failed, "stages": st.stages}
     return recs
 
@@ -119,6 +119,8 @@ def _iteration_seconds(rec: dict) -> tuple[int | None, float | None, str]:
     if not ckpt or not Path(ckpt).is_dir():
         return None, None, ""
     b = load_checkpoint(ckpt)
+    if b.model_kind.weightless:
+        return None, None, "computed (no network)"
     size = b.data_config.size
     n = sum(p.numel() for p in b.model.parameters())
     with torch.inference_mode():

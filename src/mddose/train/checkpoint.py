@@ -198,6 +198,8 @@ def export_for_prediction(src: str | os.PathLike, dst: str | os.PathLike, *, car
     from mddose.utils.fs import check_new_output
 
     bundle = load_checkpoint(src)            # every file of src verified, the weights load and are finite
+    if bundle.model_kind.weightless:
+        raise MddoseError(f"is a {bundle.model_kind.words}: it has no weights to export (use it by name)", src)
     cfg = {k: v for k, v in bundle.meta.items() if k != "files"}
     if predict:
         cfg["predict"] = {**checkpoint_defaults(bundle), **predict}
@@ -314,14 +316,17 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     exported = cfg.get("export") == "prediction"
     if exported and raw:
         raise MddoseError("a prediction-only checkpoint has no raw (non-EMA) weights", path)
-    verify_files(path, cfg, required=("ema.safetensors",) if exported else ("model.safetensors", "ema.safetensors"),
-                 optional=() if exported else TRAIN_STATE_FILES)
     where = path / "config.json"
     from mddose.kinds import all_kinds
     kinds = all_kinds()
     if cfg.get("kind", "diffusion") not in kinds:
         raise MddoseError(f"unknown model kind {cfg.get('kind')!r} (known: {', '.join(sorted(kinds))})", where)
     kind = kinds[cfg.get("kind", "diffusion")]
+    if kind.weightless:         # a computed method (the prior dose): a config, no weights
+        return CheckpointBundle(model=kind.model(cfg, str(where)), model_config=cfg.get("model"),
+                                inputs=kind.load_inputs(cfg, where), meta=cfg, path=path, kind=kind.name)
+    verify_files(path, cfg, required=("ema.safetensors",) if exported else ("model.safetensors", "ema.safetensors"),
+                 optional=() if exported else TRAIN_STATE_FILES)
     inputs = kind.load_inputs(cfg, where)
     extra = kind.load_meta(cfg, where)
     try:

@@ -64,39 +64,95 @@ def flag(where: str, key: str, v: Any) -> bool:
 
 
 class InputConfig:
-    """Mixin of the slice and volume configs (frozen dataclasses with ``targets`` and ``oars``).
+    """Mixin of the slice and volume configs (frozen dataclasses with ``targets``, ``oars`` and ``priors``).
 
-    Subclasses set ``WHERE`` (the name used in error messages, e.g. ``"slice config"``).
+    Channels: the config's own (:attr:`base_channel_names`), then the prior channels of ``priors``
+    (:mod:`mddose.data.inputs.prior_channels`). Subclasses set ``WHERE`` (the name used in error messages, e.g.
+    ``"slice config"``), :attr:`ct_channels` and :attr:`air_value`.
     """
 
     WHERE = "input config"
     targets: tuple[str, ...]
     oars: tuple[str, ...]
+    priors: Any = None
 
     def to_dict(self) -> dict:
-        """JSON-ready dict (tuples as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(self).items()}  # type: ignore[call-overload]
+        """JSON-ready dict (tuples as lists, ``priors`` as :meth:`~mddose.data.priors.PriorsSpec.to_dict` or None)."""
+        out = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            out[f.name] = v.to_dict() if hasattr(v, "to_dict") else list(v) if isinstance(v, tuple) else v
+        return out
 
     @classmethod
     def from_dict(cls: type[C], d: Any) -> C:
         """Inverse of :meth:`to_dict`; unknown keys or a non-object raise a one-line :class:`MddoseError`."""
         return dataclass_from_dict(cls, d, cls.WHERE)
 
-    @property
-    def channels(self) -> int:
-        """Number of conditioning channels C = 2 + len(oars)."""
-        return 2 + len(self.oars)
+    def _check_priors(self) -> None:
+        """Parse ``priors`` (JSON object or spec) in ``__post_init__``."""
+        from mddose.data.inputs.prior_channels import parse_priors
 
+        object.__setattr__(self, "priors", parse_priors(self.WHERE, self.priors))
+
+    # ------------------------------------------------------------------ channels
     @property
-    def channel_names(self) -> tuple[str, ...]:
-        """Names of the conditioning channels: ``("CT", "PTV", *oars)``."""
+    def base_channel_names(self) -> tuple[str, ...]:
+        """The config's own channels: ``("CT", "PTV", *oars)``."""
         return ("CT", "PTV", *self.oars)
 
     @property
+    def prior_names(self) -> tuple[str, ...]:
+        """The prior channels (after the base ones); () without ``priors``."""
+        from mddose.data.inputs.prior_channels import prior_names
+
+        return prior_names(self.priors, self.targets)
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        """Names of all conditioning channels: :attr:`base_channel_names` then :attr:`prior_names`."""
+        return (*self.base_channel_names, *self.prior_names)
+
+    @property
+    def channels(self) -> int:
+        """Number of conditioning channels C."""
+        return len(self.channel_names)
+
+    @property
+    def ct_channels(self) -> tuple[int, ...]:
+        """Indices of the CT channels (padded with air)."""
+        return (0,)
+
+    @property
+    def air_value(self) -> float:
+        """The CT channels' value for air (their padding value)."""
+        raise NotImplementedError
+
+    @property
+    def pad_values(self) -> tuple[float, ...]:
+        """(C,) the value of each channel outside the patient (padding): air for CT, 1 (far) for a signed
+        distance prior, 0 otherwise."""
+        from mddose.data.inputs.prior_channels import prior_pads
+
+        base = [0.0] * len(self.base_channel_names)
+        for c in self.ct_channels:
+            base[c] = self.air_value
+        return (*base, *prior_pads(self.prior_names))
+
+    def prior_permutation(self, **transform: Any) -> tuple[int, ...]:
+        """Permutation of all C channels that goes with a flip / rotation (``flip_x``, ``flip_y``, ``rotate_deg``):
+        identity on the base channels, the fields' relabelling on per-field beam priors."""
+        from mddose.data.inputs.prior_channels import transform_permutation
+
+        nb = len(self.base_channel_names)
+        perm = transform_permutation(self.priors, self.prior_names, **transform)
+        return (*range(nb), *(nb + p for p in perm))
+
+    @property
     def mirror_permutation(self) -> tuple[int, ...]:
-        """Channel permutation to apply with a left–right flip (swaps paired L/R OAR channels)."""
-        perm = list(range(self.channels))
+        """Channel permutation to apply with a left–right flip (swaps paired L/R OAR channels and the beams of
+        fields mirrored onto each other)."""
+        perm = list(self.prior_permutation(flip_x=True))
         for i, name in enumerate(self.oars):
             other = mirror_name(name)
             if other is not None and other in self.oars:

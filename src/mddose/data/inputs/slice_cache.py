@@ -74,8 +74,11 @@ def source_key(item: Patient | str | os.PathLike) -> str:
 
 def slice_key(src_key: str, cfg: SliceConfig, dtype: str, for_prediction: bool = False) -> str:
     """Hex cache key of (source, config, dtype, prediction flag)."""
-    blob = json.dumps([SLICE_CACHE_VERSION, src_key, cfg.build_key(), dtype, bool(for_prediction)],
-                      sort_keys=True)
+    parts = [SLICE_CACHE_VERSION, src_key, cfg.build_key(), dtype, bool(for_prediction)]
+    if cfg.priors is not None:              # the priors' own definition version too
+        from mddose.data.priors.cache import PRIORS_CACHE_VERSION
+        parts.append(["priors", PRIORS_CACHE_VERSION])
+    blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 

@@ -54,6 +54,9 @@ from mddose.errors import MddoseError
 CT_SCALES = ("[-1,1]", "[0,1]")
 SELECTIONS = ("dose", "mask", "all")
 CROPS = ("none", "dose_box")
+#: ``torch.rot90(·, k, (-2, -1))`` turns the (y, x) plane by −90°·k in the gantry sense of
+#: :func:`mddose.data.inputs.volume.rotate_axial` (clockwise seen from the feet for positive angles).
+ROT90_DEG = (-90.0, -180.0, -270.0)
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ class SliceConfig(InputConfig):
         crop: ``"none"`` (whole grid) or ``"dose_box"`` (the possible-dose box, see the module docstring).
         crop_margin: voxels added on each side of the possible-dose box (``crop="dose_box"`` only).
         neighbours: 2.5D: k ≥ 0 slices below and above whose CT and PTV are extra channels (0 = plain 2D).
+        priors: dose priors as extra channels (a :class:`~mddose.data.priors.PriorsSpec`, JSON object, or None:
+            none), after the others (:mod:`mddose.data.inputs.prior_channels`).
     """
 
     size: int = 128
@@ -89,6 +94,7 @@ class SliceConfig(InputConfig):
     crop: str = "none"
     crop_margin: int = 8
     neighbours: int = 0
+    priors: Any = None
 
     WHERE = "slice config"
 
@@ -115,6 +121,11 @@ class SliceConfig(InputConfig):
             raise MddoseError(f"{w}: crop must be one of {CROPS}, got {self.crop!r}")
         set_("crop_margin", config_number(w, "crop_margin", self.crop_margin, 0))
         set_("neighbours", config_number(w, "neighbours", self.neighbours, 0))
+        self._check_priors()
+        from mddose.data.inputs.prior_channels import check_augmentation
+
+        check_augmentation(w, self.priors, self.prior_names, flip_x=self.flip_x, flip_y=self.flip_y,
+                           rotations_deg=ROT90_DEG if self.rot90 else ())
 
     # ------------------------------------------------------------------ presets
     @classmethod
@@ -128,13 +139,9 @@ class SliceConfig(InputConfig):
 
     # ------------------------------------------------------------------ derived
     @property
-    def channels(self) -> int:
-        """Number of conditioning channels C = 2 + len(oars) + 4 · neighbours."""
-        return 2 + len(self.oars) + 4 * self.neighbours
-
-    @property
-    def channel_names(self) -> tuple[str, ...]:
-        """``("CT", "PTV", *oars)``, then for j = 1…neighbours ``"CT-j", "PTV-j", "CT+j", "PTV+j"``."""
+    def base_channel_names(self) -> tuple[str, ...]:
+        """``("CT", "PTV", *oars)``, then for j = 1…neighbours ``"CT-j", "PTV-j", "CT+j", "PTV+j"`` (C = 2 + len(oars)
+        + 4 · neighbours, then the priors' channels)."""
         extra = [f"{c}{s}{j}" for j in range(1, self.neighbours + 1) for s in "-+" for c in ("CT", "PTV")]
         return ("CT", "PTV", *self.oars, *extra)
 
@@ -144,11 +151,18 @@ class SliceConfig(InputConfig):
         base = 2 + len(self.oars)
         return (0, *(base + 2 * i for i in range(2 * self.neighbours)))
 
+    @property
+    def air_value(self) -> float:
+        """The CT channels' value for air (−1000 HU), their padding value."""
+        return float(_ct_scaled(np.array([-1000.0], dtype=np.float32), self)[0])
+
     def build_key(self) -> dict:
         """The fields that change the built slice arrays (augmentation flags excluded)."""
         d = self.to_dict()
         for k in ("flip_x", "flip_y", "rot90"):
             d.pop(k)
+        if d["priors"] is None:     # keys of configs without priors as before the field existed
+            d.pop("priors")
         return d
 
 
@@ -239,18 +253,19 @@ def _check_box(box, shape_yx: tuple[int, int]) -> tuple[int, int, int, int]:
     return y0, y1, x0, x1
 
 
-def _square_resized(a: np.ndarray, size: int, air_channels: tuple[int, ...] = (), air: float = 0.0) -> np.ndarray:
-    """(S, C, h, w) float32 → (S, C, size, size) float32: padded symmetrically to a square (0, or ``air`` in
-    ``air_channels``), then :func:`resize_square`."""
+def _square_resized(a: np.ndarray, size: int, pads: tuple[float, ...] | None = None) -> np.ndarray:
+    """(S, C, h, w) float32 → (S, C, size, size) float32: padded symmetrically to a square (channel c with
+    ``pads[c]``, default 0), then :func:`resize_square`."""
     import torch
 
     h, w = a.shape[-2:]
     top, bottom, left, right, side = square_padding((h, w))
     if side != h or side != w:
         a = np.pad(a, ((0, 0), (0, 0), (top, bottom), (left, right)))
-        for c in air_channels:
-            a[:, c, :top], a[:, c, side - bottom:] = air, air
-            a[:, c, :, :left], a[:, c, :, side - right:] = air, air
+        for c, v in enumerate(pads or ()):
+            if v:
+                a[:, c, :top], a[:, c, side - bottom:] = v, v
+                a[:, c, :, :left], a[:, c, :, side - right:] = v, v
     return np.ascontiguousarray(resize_square(torch.from_numpy(a), size).numpy(), dtype=np.float32)
 
 
@@ -258,10 +273,6 @@ def _ct_scaled(ct: np.ndarray, cfg: SliceConfig) -> np.ndarray:
     lo, hi = cfg.ct_clip
     v = (np.clip(ct, lo, hi) - lo) / (hi - lo)
     return (2.0 * v - 1.0 if cfg.ct_scale == "[-1,1]" else v).astype(np.float32)
-
-
-def _air_value(cfg: SliceConfig) -> float:
-    return float(_ct_scaled(np.array([-1000.0], dtype=np.float32), cfg)[0])
 
 
 def select_slices(patient: Patient, cfg: SliceConfig, for_prediction: bool = False) -> np.ndarray:
@@ -326,7 +337,13 @@ def patient_to_slices(patient: Patient, cfg: SliceConfig, *, for_prediction: boo
             c = 2 + n_oar + 4 * (j - 1) + 2 * k
             cond[:, c] = _ct_scaled(patient.ct[(zn, *yx)], cfg)
             cond[:, c + 1] = _target_channel(patient, cfg, zn, [])[(slice(None), *yx)]
-    cond = _square_resized(cond, cfg.size, cfg.ct_channels, _air_value(cfg))
+    if cfg.priors is not None:
+        from mddose.data.inputs.prior_channels import patient_priors
+
+        first = len(cfg.base_channel_names)
+        cond[:, first:] = patient_priors(patient, cfg.priors, cfg.targets, cfg.reference_dose)[(slice(None), z, *yx)
+                                                                                               ].transpose(1, 0, 2, 3)
+    cond = _square_resized(cond, cfg.size, cfg.pad_values)
     dose = None
     if patient.dose is not None:
         d = (patient.dose[(z, *yx)] / np.float32(cfg.reference_dose))[:, None].astype(np.float32)
@@ -409,11 +426,20 @@ def augment_item(item: dict, cfg: SliceConfig, perm=None, generator=None) -> dic
             t["cond"] = t["cond"][torch.as_tensor(np.asarray(p))]
     if cfg.flip_y and coin():
         t = {k: v.flip(-2) for k, v in t.items()}
+        t["cond"] = _permuted(t["cond"], cfg.prior_permutation(flip_y=True))
     if cfg.rot90:
         k = int(torch.randint(0, 4, (1,), generator=generator).item())
         if k:
             t = {name: torch.rot90(v, k, (-2, -1)) for name, v in t.items()}
+            t["cond"] = _permuted(t["cond"], cfg.prior_permutation(rotate_deg=ROT90_DEG[k - 1]))
     return {**item, **{k: v.contiguous() for k, v in t.items()}}
+
+
+def _permuted(cond, perm: tuple[int, ...]):
+    """``cond`` (C, H, W) with its channels permuted by ``perm`` (unchanged when ``perm`` is the identity)."""
+    import torch
+
+    return cond if list(perm) == list(range(cond.shape[0])) else cond[torch.as_tensor(perm)]
 
 
 def augment_pair(cond, dose, cfg: SliceConfig, perm=None, generator=None):

@@ -74,6 +74,8 @@ class VolumeConfig(InputConfig):
         rotate: augmentation: with p 0.3, rotate in the axial plane by a random multiple of 40° (nearest).
         translate: augmentation: random shift up to this many voxels per axis keeping the possible-dose
             region on the grid; 0 = off.
+        priors: dose priors as extra channels (a :class:`~mddose.data.priors.PriorsSpec`, JSON object, or None:
+            none), after the others (:mod:`mddose.data.inputs.prior_channels`).
     """
 
     size: int = 128
@@ -86,6 +88,7 @@ class VolumeConfig(InputConfig):
     flip: bool = True
     rotate: bool = True
     translate: int = 20
+    priors: Any = None
 
     WHERE = "volume config"
 
@@ -104,6 +107,12 @@ class VolumeConfig(InputConfig):
             raise MddoseError(f"{w}: target_channel must be one of {TARGET_CHANNELS}, got {self.target_channel!r}")
         for key in ("flip", "rotate"):
             flag(w, key, getattr(self, key))
+        self._check_priors()
+        from mddose.data.inputs.prior_channels import check_augmentation
+
+        check_augmentation(w, self.priors, self.prior_names, flip_x=self.flip,
+                           rotations_deg=[ROTATE_STEP_DEG * k for k in range(1, 360 // ROTATE_STEP_DEG)]
+                           if self.rotate else ())
 
     # ------------------------------------------------------------------ presets
     @classmethod
@@ -161,6 +170,30 @@ def target_channel(patient: Patient, cfg: VolumeConfig, missing: list[str] | Non
     return out
 
 
+def native_volume(patient: Patient, cfg: VolumeConfig) -> VolumeArrays:
+    """One patient's model channels on its own grid (no geometry applied: what :func:`patient_to_volume` resamples).
+
+    Returns:
+        :class:`VolumeArrays`: cond (C, Z, Y, X), dose (1, Z, Y, X) or None, mask (1, Z, Y, X), float32.
+    """
+    missing: list[str] = []
+    cond = np.empty((cfg.channels, *patient.shape), dtype=np.float32)
+    cond[0] = ct_channel(patient.ct, cfg)
+    cond[1] = target_channel(patient, cfg, missing)
+    for i, name in enumerate(cfg.oars):
+        cond[2 + i] = patient.masks[name] if name in patient.masks else 0.0
+    missing += [name for name in cfg.oars if name not in patient.masks]
+    if cfg.priors is not None:
+        from mddose.data.inputs.prior_channels import patient_priors
+
+        cond[len(cfg.base_channel_names):] = patient_priors(patient, cfg.priors, cfg.targets, cfg.reference_dose)
+    mask = patient.dose_mask().astype(np.float32)[None]
+    dose = None
+    if patient.dose is not None:
+        dose = (patient.dose / np.float32(cfg.reference_dose)).astype(np.float32)[None]
+    return VolumeArrays(cond=cond, dose=dose, mask=mask, missing=list(dict.fromkeys(missing)))
+
+
 def patient_to_volume(patient: Patient, cfg: VolumeConfig) -> VolumeArrays:
     """One patient as model input/target on the S³ grid (see the module docstring).
 
@@ -170,25 +203,16 @@ def patient_to_volume(patient: Patient, cfg: VolumeConfig) -> VolumeArrays:
     grid = (cfg.size,) * 3
     if patient.shape != grid:
         check_spacing(patient, cfg.size)
-    missing: list[str] = []
-    cond = np.empty((cfg.channels, *patient.shape), dtype=np.float32)
-    cond[0] = ct_channel(patient.ct, cfg)
-    cond[1] = target_channel(patient, cfg, missing)
-    for i, name in enumerate(cfg.oars):
-        cond[2 + i] = patient.masks[name] if name in patient.masks else 0.0
-    missing += [name for name in cfg.oars if name not in patient.masks]
-    mask = patient.dose_mask().astype(np.float32)[None]
-    dose = None
-    if patient.dose is not None:
-        dose = (patient.dose / np.float32(cfg.reference_dose)).astype(np.float32)[None]
+    arr = native_volume(patient, cfg)
+    cond, dose, mask = arr.cond, arr.dose, arr.mask
     if patient.shape != grid:
         cond = to_grid(cond, grid)
         np.clip(cond[1], 0.0, None, out=cond[1])
-        np.clip(cond[2:], 0.0, 1.0, out=cond[2:])
+        np.clip(cond[2:2 + len(cfg.oars)], 0.0, 1.0, out=cond[2:2 + len(cfg.oars)])
         mask = (to_grid(mask, grid) >= 0.5).astype(np.float32)
         dose = None if dose is None else np.clip(to_grid(dose, grid), 0.0, None)
     return VolumeArrays(cond=np.ascontiguousarray(cond), dose=dose, mask=np.ascontiguousarray(mask),
-                        missing=list(dict.fromkeys(missing)))
+                        missing=arr.missing)
 
 
 def volume_to_patient(pred, patient: Patient, cfg: VolumeConfig) -> np.ndarray:
@@ -291,7 +315,7 @@ def augment_volume(cond: torch.Tensor, dose: torch.Tensor, mask: torch.Tensor, c
     def u() -> float:
         return float(torch.rand((), generator=generator))
 
-    pad = torch.tensor([cfg.air_value] + [0.0] * (cond.shape[0] - 1))  # (C,): air for CT, 0 for the rest
+    pad = torch.tensor(cfg.pad_values)  # (C,): air for CT, far for signed distances, 0 for the rest
     if cfg.flip and u() < FLIP_P:
         if u() < 0.5:
             cond, dose, mask = cond.flip(1), dose.flip(1), mask.flip(1)
@@ -305,6 +329,9 @@ def augment_volume(cond: torch.Tensor, dose: torch.Tensor, mask: torch.Tensor, c
         if k:
             deg = float(k * ROTATE_STEP_DEG)
             cond, dose, mask = rotate_axial(cond, deg, pad), rotate_axial(dose, deg), rotate_axial(mask, deg)
+            perm = cfg.prior_permutation(rotate_deg=deg)         # per-field beam priors follow their fields
+            if list(perm) != list(range(cond.shape[0])):
+                cond = cond[torch.as_tensor(perm, device=cond.device)]
     if cfg.translate > 0:
         shifts = [int(torch.randint(lo, hi + 1, (), generator=generator))
                   for lo, hi in shift_range(mask, cfg.translate)]
