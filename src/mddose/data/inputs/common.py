@@ -40,9 +40,45 @@ def config_number(where: str, key: str, v: Any, low: int | None = None) -> Any:
 
 def roi_names(where: str, key: str, v: Any) -> tuple[str, ...]:
     """``v`` (a list of ROI names) as a tuple of str; a bare string or a non-list → one-line MddoseError."""
-    if isinstance(v, str) or not isinstance(v, (list, tuple)):
+    if isinstance(v, str) or not isinstance(v, (list, tuple)) or not all(isinstance(t, str) and t for t in v):
         raise MddoseError(f"{where}: {key} must be a list of ROI names, got {v!r}")
-    return tuple(str(t) for t in v)
+    return tuple(v)
+
+
+def physical_memory() -> int:
+    """Bytes of physical memory of this machine (16 GiB when the system does not say)."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return 16 << 30
+
+
+def check_fits_memory(where: str, size: int, channels: int, dims: int, what: str) -> None:
+    """Refuse a grid ``size`` whose one sample (``channels`` inputs + dose + mask, float32, ``size ** dims``
+    voxels) would need more than a quarter of :func:`physical_memory` — it could never be trained or predicted
+    here; a one-line :class:`MddoseError` naming ``size`` and the largest size that fits, before any work."""
+    budget = physical_memory() // 4
+    per_voxel = (channels + 2) * 4
+    if per_voxel * size ** dims <= budget:
+        return
+    fits = int((budget / per_voxel) ** (1 / dims))
+    while per_voxel * (fits + 1) ** dims <= budget:
+        fits += 1
+    while fits > 1 and per_voxel * fits ** dims > budget:
+        fits -= 1
+    raise MddoseError(f"{where}: size {size} does not fit in memory: one {what} of {channels} + 2 float32 channels "
+                      f"needs {_human(per_voxel * size ** dims)}, over a quarter of this machine's "
+                      f"{_human(physical_memory())} (size <= {fits} fits)")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} PiB"
 
 
 def ct_window(where: str, v: Any) -> tuple[float, float]:

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from mddose.data.inputs.common import InputConfig, config_number, ct_window, flag, roi_names
+from mddose.data.inputs.common import InputConfig, check_fits_memory, config_number, ct_window, flag, roi_names
 from mddose.data.patient import OPENKBP_OARS, OPENKBP_TARGETS, Patient
 from mddose.errors import MddoseError
 
@@ -104,6 +104,7 @@ class SliceConfig(InputConfig):
         names = self.targets + self.oars
         if len(set(names)) != len(names):
             raise MddoseError(f"{w}: duplicate ROI names in targets/oars {list(names)}")
+        check_fits_memory(w, self.size, self.channels, 2, f"{self.size}² slice")
         if self.ct_scale not in CT_SCALES:
             raise MddoseError(f"{w}: ct_scale must be one of {CT_SCALES}, got {self.ct_scale!r}")
         set_("reference_dose", config_number(w, "reference_dose", self.reference_dose))
