@@ -52,6 +52,19 @@ def dataclass_from_dict(cls: type[T], d: Any, where: str, *, prefix: str = "", i
         raise MddoseError(f"{where}: {exc}") from None
 
 
+def check_finite(value: Any, where: str, key: str = "") -> None:
+    """Refuse a non-finite number (NaN, Infinity: Python's JSON reader takes them) anywhere in ``value`` (nested
+    objects and lists included): one-line :class:`MddoseError` ``"{where}: {key.path} must be a finite number"``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise MddoseError(f"{where}: {key or 'value'} must be a finite number, got {value!r}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_finite(v, where, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_finite(v, where, f"{key}[{i}]")
+
+
 def check_number(where: str, key: str, v: Any, *, integer: bool = False, at_least: float | None = None,
                  above: float | None = None, below: float | None = None, hint: str = "") -> Any:
     """``v`` if it is an integer (``integer``) or a finite number, ``>= at_least``, ``> above`` and ``< below``;
