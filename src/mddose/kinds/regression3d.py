@@ -70,10 +70,13 @@ def _volume_dataset(items: list, vcfg: VolumeConfig, seed: int, progress: bool
 
 def build_volume_data(cfg, *, progress: bool = False) -> TrainData:
     """Whole volumes of the training patients of train config ``cfg``, resampled to ``cfg.inputs.size``³."""
+    from mddose.data.inputs.common import with_targets
     from mddose.data.sources import training_sources
 
     train_src, val_p, _, skipped = training_sources(cfg.data)
     vcfg = cfg.inputs
+    val_p, bad_val = with_targets(val_p, vcfg.targets)
+    skipped += bad_val
     ds, more = _volume_dataset(train_src, vcfg, cfg.seed, progress)
     skipped += more
     if len(ds) == 0:

@@ -187,7 +187,9 @@ def _absolute(data: Any) -> Any:
 
     if not isinstance(data, dict):
         return data
-    fix = lambda v: os.path.abspath(v) if isinstance(v, str) else [fix(x) for x in v] if isinstance(v, list) else v  # noqa: E731
+    def fix(v):
+        return os.path.abspath(v) if isinstance(v, str) else [fix(x) for x in v] if isinstance(v, list) else v
+
     return {k: fix(v) if k in ("train", "val", "test") else v for k, v in data.items()}
 
 

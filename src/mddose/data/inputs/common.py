@@ -99,6 +99,42 @@ def flag(where: str, key: str, v: Any) -> bool:
     return v
 
 
+def drop_empty_rois(patient, targets: tuple[str, ...] | list[str]):
+    """``(patient, empty)``: a patient's ROIs whose mask has no voxel are treated as absent — ``empty`` names them
+    (logged once), and the patient returned is a shallow copy without them (the same object when none is empty).
+
+    Raises:
+        MddoseError: none of ``targets`` has a voxel: the patient is refused by name (training and prediction
+            alike: the dose follows the target).
+    """
+    from mddose.utils.log import logger
+
+    empty = [n for n, m in patient.masks.items() if not m.any()]
+    if empty:
+        logger.warning("patient %s: ROI(s) with no voxel, treated as absent: %s", patient.id, ", ".join(empty))
+        patient = patient.with_dose(patient.dose)
+        patient.masks = {n: m for n, m in patient.masks.items() if n not in empty}
+    if not any(t in patient.masks for t in targets):
+        gone = [t for t in targets if t in empty]
+        raise MddoseError(f"patient {patient.id}: has no target ROI (the model needs one of {', '.join(targets)}"
+                          + (f"; {', '.join(gone)} has no voxel" if gone else "") + ")")
+    return patient, empty
+
+
+def with_targets(patients: list, targets) -> tuple[list, list[tuple[str, str]]]:
+    """(the loaded ``patients`` that have a target with voxels, ``(name, message)`` of the others — each logged)."""
+    from mddose.utils.batch import skip_item
+
+    kept, skipped = [], []
+    for p in patients:
+        try:
+            drop_empty_rois(p, targets)
+            kept.append(p)
+        except MddoseError as exc:
+            skipped.append(skip_item(p, exc, "validation patient"))
+    return kept, skipped
+
+
 class InputConfig:
     """Mixin of the slice and volume configs (frozen dataclasses with ``targets`` and ``oars``).
 

@@ -47,7 +47,8 @@ from typing import Any
 
 import numpy as np
 
-from mddose.data.inputs.common import InputConfig, check_fits_memory, config_number, ct_window, flag, roi_names
+from mddose.data.inputs.common import (InputConfig, check_fits_memory, config_number, ct_window, drop_empty_rois, flag,
+                                      roi_names)
 from mddose.data.patient import OPENKBP_OARS, OPENKBP_TARGETS, Patient
 from mddose.errors import MddoseError
 
@@ -307,6 +308,7 @@ def patient_to_slices(patient: Patient, cfg: SliceConfig, *, for_prediction: boo
         reference-dose units (None if the patient has no dose), mask (S, 1, size, size) uint8, z (S,) int64
         and the box (y0, y1, x0, x1) of :func:`dose_box`.
     """
+    patient, _ = drop_empty_rois(patient, cfg.targets)
     z = select_slices(patient, cfg, for_prediction)
     missing: list[str] = []
     box = dose_box(patient, cfg)

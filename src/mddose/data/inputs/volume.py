@@ -41,7 +41,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mddose.data.inputs.common import InputConfig, check_fits_memory, config_number, ct_window, flag, roi_names
+from mddose.data.inputs.common import (InputConfig, check_fits_memory, config_number, ct_window, drop_empty_rois, flag,
+                                      roi_names)
 from mddose.data.inputs.resample import check_spacing, resize_volume, to_grid
 from mddose.data.io import load_patient
 from mddose.data.patient import OPENKBP_OARS, OPENKBP_TARGETS, Patient
@@ -171,6 +172,7 @@ def patient_to_volume(patient: Patient, cfg: VolumeConfig) -> VolumeArrays:
     grid = (cfg.size,) * 3
     if patient.shape != grid:
         check_spacing(patient, cfg.size)
+    patient, empty = drop_empty_rois(patient, cfg.targets)
     missing: list[str] = []
     cond = np.empty((cfg.channels, *patient.shape), dtype=np.float32)
     cond[0] = ct_channel(patient.ct, cfg)
