@@ -82,6 +82,36 @@ def check_number(where: str, key: str, v: Any, *, integer: bool = False, at_leas
     return v
 
 
+def int_at_least(low: int):
+    """An argparse ``type``: an integer >= ``low`` (else argparse's one-line error naming the option, exit 2)."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {v}")
+        return v
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def positive_number(text: str) -> float:
+    """An argparse ``type``: a finite number > 0 (NaN, inf, 0 and negatives refused, naming the option)."""
+    import argparse
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return v
+
+
 def check_int_fields(where: str, cfg: Any, names: Iterable[str], minimum: int | None = 1) -> None:
     """:func:`check_number` (integer ``>= minimum``) on every field of ``cfg`` named in ``names``."""
     for name in names:
