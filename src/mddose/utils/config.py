@@ -82,6 +82,23 @@ def check_number(where: str, key: str, v: Any, *, integer: bool = False, at_leas
     return v
 
 
+def physical_memory() -> int:
+    """Bytes of physical memory of this machine (16 GiB when the system does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return 16 << 30
+
+
+def human_bytes(n: float) -> str:
+    """``n`` bytes as text: ``"1.5 GiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} PiB"
+
+
 def int_at_least(low: int):
     """An argparse ``type``: an integer >= ``low`` (else argparse's one-line error naming the option, exit 2)."""
     import argparse

@@ -14,7 +14,7 @@ import math
 from typing import Any, TypeVar
 
 from mddose.errors import MddoseError
-from mddose.utils.config import check_number, dataclass_from_dict
+from mddose.utils.config import check_number, dataclass_from_dict, human_bytes, physical_memory
 
 C = TypeVar("C", bound="InputConfig")
 
@@ -45,16 +45,6 @@ def roi_names(where: str, key: str, v: Any) -> tuple[str, ...]:
     return tuple(v)
 
 
-def physical_memory() -> int:
-    """Bytes of physical memory of this machine (16 GiB when the system does not say)."""
-    import os
-
-    try:
-        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (AttributeError, ValueError, OSError):
-        return 16 << 30
-
-
 def check_fits_memory(where: str, size: int, channels: int, dims: int, what: str) -> None:
     """Refuse a grid ``size`` whose one sample (``channels`` inputs + dose + mask, float32, ``size ** dims``
     voxels) would need more than a quarter of :func:`physical_memory` — it could never be trained or predicted
@@ -69,16 +59,8 @@ def check_fits_memory(where: str, size: int, channels: int, dims: int, what: str
     while fits > 1 and per_voxel * fits ** dims > budget:
         fits -= 1
     raise MddoseError(f"{where}: size {size} does not fit in memory: one {what} of {channels} + 2 float32 channels "
-                      f"needs {_human(per_voxel * size ** dims)}, over a quarter of this machine's "
-                      f"{_human(physical_memory())} (size <= {fits} fits)")
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            return f"{n:.3g} {unit}"
-        n /= 1024
-    return f"{n:.3g} PiB"
+                      f"needs {human_bytes(per_voxel * size ** dims)}, over a quarter of this machine's "
+                      f"{human_bytes(physical_memory())} (size <= {fits} fits)")
 
 
 def ct_window(where: str, v: Any) -> tuple[float, float]:
