@@ -187,6 +187,7 @@ def _absolute(data: Any) -> Any:
 
     if not isinstance(data, dict):
         return data
+
     def fix(v):
         return os.path.abspath(v) if isinstance(v, str) else [fix(x) for x in v] if isinstance(v, list) else v
 

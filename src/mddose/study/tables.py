@@ -124,7 +124,7 @@ def stats_markdown(cfg: StudyConfig, recs: dict[str, dict], table: str, title: s
     for m in comp.methods if comp is not None else []:
         lost = recs[m]["not_scored"]
         if lost:
-            lines += ["", f"**{m}: {len(lost)} test patient(s) not scored, left out of its row** — "
+            lines += ["", f"{m}: {len(lost)} test patient(s) not scored, left out of its row — "
                           + "; ".join(f"{pid}: {why}".replace("|", "/") for pid, why in lost.items())]
     lines += ["", f"mean ± sample sd over the test patients; * p < 0.05 vs {ref} (paired t-test, as the paper); "
                   "HI = MD-Dose's definition (mean over slices of |σ/μ| differences in the PTV, see "
