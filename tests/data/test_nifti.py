@@ -136,3 +136,65 @@ def test_write_array_wrong_shape(tmp_path):
     with pytest.raises(MddoseError, match="shape"):
         write_nifti_array(np.zeros((3, 3, 3)), tmp_path / "x.nii.gz", p)
     assert json.dumps(p.summary())  # patient untouched and still serialisable
+
+
+# ------------------------------------------------------------------ voxel size (issue 20, item 3)
+def _rewrite_header(path, edit) -> None:
+    """Rewrite ``path`` with its raw header edited by ``edit(header)`` (bypassing nibabel's repairs on write)."""
+    import gzip
+
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj)
+    hdr = nib.Nifti1Header(bytes(img.header.binaryblock))
+    edit(hdr)
+    hdr["vox_offset"] = 352
+    with gzip.open(path, "wb") as fh:
+        fh.write(hdr.binaryblock + b"\0" * 4 + data.astype(hdr.get_data_dtype()).tobytes(order="F"))
+
+
+def _sform_x(factor):
+    """The sform's first column (the voxel's x edge) times ``factor``."""
+    def edit(h):
+        h["qform_code"], h["sform_code"] = 0, 1
+        for key in ("srow_x", "srow_y", "srow_z"):
+            row = h[key].copy()
+            row[0] = row[0] * factor
+            h[key] = row
+    return edit
+
+
+def _pixdim_x(value, qform: bool):
+    def edit(h):
+        h["qform_code"], h["sform_code"] = int(qform), 0
+        pix = h["pixdim"].copy()
+        pix[1] = value
+        h["pixdim"] = pix
+    return edit
+
+
+@pytest.mark.parametrize("edit", [
+    _sform_x(0.0), _sform_x(np.nan), _sform_x(np.inf),
+    _pixdim_x(0.0, True), _pixdim_x(-2.0, True), _pixdim_x(np.nan, True), _pixdim_x(np.inf, True),
+    _pixdim_x(0.0, False), _pixdim_x(-2.0, False),
+], ids=["sform-zero", "sform-nan", "sform-inf", "qform-pixdim-zero", "qform-pixdim-negative", "qform-pixdim-nan",
+        "qform-pixdim-inf", "pixdim-zero", "pixdim-negative"])
+def test_voxel_size_zero_negative_or_not_finite_is_refused(tmp_path, edit):
+    """nibabel silently turns a zero pixdim into 1 mm and a negative one into its absolute value: refused instead,
+    naming the file and the voxel size."""
+    d = tmp_path / "p"
+    write_nifti_patient(tiny_patient(), d)
+    (d / "patient.json").unlink()                       # the image's own geometry is the only one
+    for f in [*d.glob("*.nii.gz"), *(d / "masks").glob("*.nii.gz")]:
+        _rewrite_header(f, edit)
+    with pytest.raises(MddoseError, match="voxel size") as info:
+        read_nifti_patient(d)
+    assert "ct.nii.gz" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_negative_sform_axis_is_a_flip_not_a_bad_voxel_size(tmp_path):
+    d = tmp_path / "p"
+    write_nifti_patient(tiny_patient(), d)
+    (d / "patient.json").unlink()
+    for f in [*d.glob("*.nii.gz"), *(d / "masks").glob("*.nii.gz")]:
+        _rewrite_header(f, _sform_x(-1.0))
+    assert read_nifti_patient(d).spacing == pytest.approx(tiny_patient().spacing)

@@ -35,7 +35,7 @@ BAD_VALUES = [
     ({"max_steps": -5}, "max_steps must be >= 1"),
     ({"checkpoint_every": 0}, "checkpoint_every must be >= 1"),
     ({"lr": "fast"}, "lr must be a number, got 'fast'"),
-    ({"lr": float("nan")}, "lr must be a number, got nan"),
+    ({"lr": float("nan")}, "lr must be a finite number, got nan"),
     ({"epochs": "10"}, "epochs must be an integer, got '10'"),
     ({"epochs": True}, "epochs must be an integer, got True"),
     ({"batch_size": 2.5}, "batch_size must be an integer"),

@@ -20,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mddose.utils.config import int_at_least
+
 TARGET_COLD_S = 30.0
 TARGET_PEAK_GIB = 2.0
 
@@ -44,7 +46,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", default=None,
                         help="OpenKBP folder (train-pats/ and validation-pats/) or a folder of patient "
                              "folders (default: $MDDOSE_SHARED/openkbp or ../shared/openkbp)")
-    parser.add_argument("--size", type=int, default=128, help="slice size (default 128)")
+    parser.add_argument("--size", type=int_at_least(8), default=128, help="slice size (default 128)")
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -66,6 +68,10 @@ def _stage(dirs: list[Path], size: int, dtype: str, cache_dir: Path) -> dict:
     proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps([str(d) for d in dirs]), str(size), dtype],
                           env=env, capture_output=True, text=True)
     if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [""])[-1]
+        if last.startswith("mddose.errors.MddoseError: "):       # bad data: the user's error, one line
+            from mddose.errors import MddoseError
+            raise MddoseError(last.split(": ", 1)[1])
         raise RuntimeError(f"benchmark subprocess failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -75,6 +81,9 @@ def run(args) -> int:
 
     data = Path(args.data) if args.data else shared_openkbp()
     dirs = _patient_dirs(data)
+    if not dirs:
+        from mddose.errors import MddoseError
+        raise MddoseError("--data: no patient folders found", data)
     tmp = Path(tempfile.mkdtemp(prefix="mddose-bench-dataset-"))
     try:
         results = {"cold": _stage(dirs, args.size, args.dtype, tmp)}

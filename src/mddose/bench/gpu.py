@@ -27,12 +27,14 @@ import subprocess
 import sys
 import time
 
+from mddose.utils.config import int_at_least
+
 STEPS = ("tests", "train", "table2", "scan")
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS))
-    parser.add_argument("--train-steps", type=int, default=20)
+    parser.add_argument("--train-steps", type=int_at_least(1), default=20)
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 

@@ -13,6 +13,8 @@ import json
 import os
 from pathlib import Path
 
+from mddose.utils.config import int_at_least
+
 CSV_TARGET_S = 0.5
 CACHE_TARGET_S = 0.030
 
@@ -22,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="OpenKBP data: a patient dir or dir of patient dirs "
                              "(default: $MDDOSE_SHARED/openkbp or ../shared/openkbp)")
     parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.add_argument("--repeats", type=int, default=3, help="cache loads per patient (median taken)")
+    parser.add_argument("--repeats", type=int_at_least(1), default=3, help="cache loads per patient (median taken)")
 
 
 def _default_data() -> Path:

@@ -31,18 +31,21 @@ import os
 import time
 from pathlib import Path
 
+from mddose.utils.config import int_at_least
+
 SECTIONS = ("iter", "train", "patient", "table2", "steps")
 #: sections run only when named (slow or diagnostic)
 EXTRA_SECTIONS = ("profile",)
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--sections", nargs="+", choices=SECTIONS + EXTRA_SECTIONS, default=list(SECTIONS))
-    parser.add_argument("--checkpoint", help="trained checkpoint (folder or shipped name) for 'steps' (skipped "
-                        "without) and 'patient' (default: the shipped openkbp-small)")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS + EXTRA_SECTIONS, default=None,
+                        help=f"default: {' '.join(SECTIONS)} ('steps' only with --checkpoint)")
+    parser.add_argument("--checkpoint", help="trained checkpoint (folder or shipped name) for 'steps' (required "
+                        "there) and 'patient' (default: the shipped openkbp-small)")
     parser.add_argument("--data", help="OpenKBP patient for 'patient' (default ../shared/openkbp/validation-pats/pt_201)")
-    parser.add_argument("--phantoms", type=int, default=2, help="held-out phantoms for 'steps'")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--phantoms", type=int_at_least(1), default=2, help="held-out phantoms for 'steps'")
+    parser.add_argument("--repeats", type=int_at_least(1), default=3)
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -201,6 +204,16 @@ def run(args) -> int:
 
     import torch
 
+    from mddose.errors import MddoseError
+
+    if args.sections is None:
+        args.sections = [s for s in SECTIONS if s != "steps" or args.checkpoint]
+    path = Path(args.data) if args.data else _default_patient()
+    if "patient" in args.sections and not path.is_dir():      # missing data is an error before any work, not "skipped"
+        raise MddoseError("--data: patient folder not found (section 'patient' needs one; give --data or other "
+                          "--sections)", path)
+    if "steps" in args.sections and not args.checkpoint:
+        raise MddoseError("--sections steps needs --checkpoint (e.g. mddose-demo/checkpoint)")
     res: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__}, "
                             f"{torch.get_num_threads()} threads"}
     if "iter" in args.sections:
@@ -208,12 +221,8 @@ def run(args) -> int:
     if "train" in args.sections:
         res["train"] = bench_train(args.repeats)
     if "patient" in args.sections:
-        path = Path(args.data) if args.data else _default_patient()
-        if path.is_dir():
-            res["patient"] = [bench_patient(path, checkpoint=args.checkpoint),
-                              bench_patient(path, "dpmpp2m", checkpoint=args.checkpoint)]
-        else:
-            res["patient"] = f"skipped: {path} not found (give --data)"
+        res["patient"] = [bench_patient(path, checkpoint=args.checkpoint),
+                          bench_patient(path, "dpmpp2m", checkpoint=args.checkpoint)]
     if "table2" in args.sections:
         from mddose.bench.table2 import bench_table2
         res["table2"] = bench_table2(args.repeats, progress=not args.json)
@@ -221,11 +230,8 @@ def run(args) -> int:
         from mddose.bench.step_profile import bench_profile
         res["profile"] = bench_profile(progress=not args.json)
     if "steps" in args.sections:
-        if args.checkpoint:
-            from mddose.predict.shipped import resolve_checkpoint
-            res["steps"] = bench_steps(str(resolve_checkpoint(args.checkpoint)), args.phantoms)
-        else:
-            res["steps"] = "skipped: give --checkpoint (e.g. mddose-demo/checkpoint)"
+        from mddose.predict.shipped import resolve_checkpoint
+        res["steps"] = bench_steps(str(resolve_checkpoint(args.checkpoint)), args.phantoms)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0

@@ -26,6 +26,8 @@ import os
 import subprocess
 import sys
 
+from mddose.utils.config import int_at_least, positive_number
+
 IMPLS = ("reference", "fast", "torch", "mambapy", "mamba-ssm")
 DEFAULT_IMPLS = {"cpu": ("reference", "fast", "torch", "mambapy"), "cuda": ("reference", "torch", "mambapy", "mamba-ssm")}
 MODES = ("fwd", "fwd+bwd")
@@ -34,18 +36,19 @@ MODES = ("fwd", "fwd+bwd")
 def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--quiet", action="store_true", help="no per-case progress lines on stderr")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384], help="sequence lengths L")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes")
-    parser.add_argument("--dim", type=int, default=192, help="channels D (default 192)")
-    parser.add_argument("--state", type=int, default=16, help="state size N (default 16)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per case (min is reported)")
+    parser.add_argument("--lengths", type=int_at_least(1), nargs="+", default=[1024, 4096, 16384],
+                        help="sequence lengths L")
+    parser.add_argument("--batches", type=int_at_least(1), nargs="+", default=[1, 8], help="batch sizes")
+    parser.add_argument("--dim", type=int_at_least(1), default=192, help="channels D (default 192)")
+    parser.add_argument("--state", type=int_at_least(1), default=16, help="state size N (default 16)")
+    parser.add_argument("--repeats", type=int_at_least(1), default=3, help="timed calls per case (min is reported)")
     parser.add_argument("--impls", nargs="+", choices=IMPLS, default=None,
                         help="implementations (default: reference fast torch mambapy; on cuda: reference torch "
                              "mambapy mamba-ssm)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the inputs live")
-    parser.add_argument("--max-seconds", type=float, default=20.0,
+    parser.add_argument("--max-seconds", type=positive_number, default=20.0,
                         help="skip a case whose estimated time per call exceeds this (default 20)")
-    parser.add_argument("--max-memory-gb", type=float, default=None,
+    parser.add_argument("--max-memory-gb", type=positive_number, default=None,
                         help="skip a case whose estimated peak memory exceeds this (default: half of MemAvailable)")
 
 

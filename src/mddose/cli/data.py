@@ -14,6 +14,9 @@ from pathlib import Path
 
 from mddose.errors import MddoseError
 
+#: the most phantoms one `mddose data phantom` writes (a sane bound: a typo like --n 1000000 fills the disk)
+MAX_PHANTOMS = 10_000
+
 
 def register(sub) -> None:
     """Add ``data`` with its sub-commands to ``sub``."""
@@ -126,8 +129,8 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _phantom(args: argparse.Namespace) -> int:
-    if args.n < 1:
-        raise MddoseError(f"--n must be at least 1, got {args.n}")
+    if not 1 <= args.n <= MAX_PHANTOMS:
+        raise MddoseError(f"--n must be between 1 and {MAX_PHANTOMS}, got {args.n}")
     from mddose.data.phantom import write_phantoms
     from mddose.utils.lock import output_lock
 

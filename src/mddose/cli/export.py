@@ -30,6 +30,10 @@ def _run(args) -> int:
         except (OSError, UnicodeDecodeError) as exc:
             raise MddoseError(f"cannot read the model card ({exc})", args.card) from None
     predict = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps)) if v is not None}
+    from mddose.kinds import get_kind
+
+    for k, v in predict.items():                 # the option is wrong, not the checkpoint: said before reading it
+        get_kind("diffusion").check_option(k, v, f"--{k}")
     from mddose.utils.lock import check_not_own_input, output_lock
 
     check_not_own_input(args.out, args.checkpoint, out_name="OUT", input_name="CHECKPOINT")

@@ -38,7 +38,11 @@ def _run(args) -> int:
     with output_lock(args.out):
         study = run_study(cfg, args.out, resume=args.resume, only=only, progress=not args.no_progress)
     failed = {m: r["failed"] for m, r in study["methods"].items() if r["status"] == "failed"}
+    lost = {m: r["not_scored"] for m, r in study["methods"].items() if r["status"] == "done" and r["not_scored"]}
     print(f"study {cfg.name}: tables and report in {args.out}")
     for m, f in failed.items():
         print(f"failed {m} in {f['stage']}: {f['error']}")
-    return 2 if failed else 0
+    for m, pts in lost.items():
+        print(f"incomplete {m}: {len(pts)} test patient(s) not scored (left out of its rows): "
+              + "; ".join(f"{p}: {w}" for p, w in pts.items()))
+    return 2 if failed or lost else 0

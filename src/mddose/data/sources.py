@@ -16,8 +16,11 @@ from typing import Any
 
 from mddose.errors import MddoseError
 from mddose.utils.batch import skip_item
-from mddose.utils.config import check_number, dataclass_from_dict
+from mddose.utils.config import check_number, dataclass_from_dict, human_bytes, physical_memory
 from mddose.utils.fs import describe_error
+
+#: bytes per voxel of a phantom in memory: CT and dose float32, 7 ROI masks and the possible-dose mask (bool)
+PHANTOM_BYTES_PER_VOXEL = 16
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,12 @@ class PhantomSplit:
     def __post_init__(self) -> None:
         for key, low in (("train", 1), ("val", 0), ("test", 0), ("size", 32), ("seed", 0)):
             check_number("phantoms", key, getattr(self, key), integer=True, at_least=low)
+        need = (self.train + self.val) * PHANTOM_BYTES_PER_VOXEL * self.size ** 3 // 2     # (S/2, S, S) each
+        if need > physical_memory() // 4:          # generated in memory: refused at once, not after minutes
+            key = "size" if need // (self.train + self.val) > physical_memory() // 4 else "train"
+            raise MddoseError(f"phantoms: {key} {getattr(self, key)}: {self.train + self.val} phantoms of size "
+                              f"{self.size} need {human_bytes(need)} of memory, over a quarter of this machine's "
+                              f"{human_bytes(physical_memory())}")
 
     def seeds(self, part: str) -> range:
         """The phantom seeds of ``part`` (``"train"``, ``"val"`` or ``"test"``)."""

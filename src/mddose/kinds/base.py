@@ -21,6 +21,8 @@ module: ``tests/test_kinds.py``).
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -115,6 +117,8 @@ class ModelKind:
         default = self.options[name]
         same = (type(value) is type(default) if isinstance(default, (bool, str)) or isinstance(value, bool)
                 else isinstance(value, int) if isinstance(default, int) else isinstance(value, (int, float)))
+        if same and isinstance(value, float) and not math.isfinite(value):
+            raise MddoseError(f"{where}: {name} must be a finite number, got {value!r}")
         if not same:
             raise MddoseError(f"{where}: {name} must be like {default!r}, got {value!r}")
 

@@ -49,11 +49,14 @@ class AugmentedView(Dataset):
 
 def build_slice_data(cfg, *, progress: bool = False) -> TrainData:
     """Slices of the training patients of train config ``cfg``; validation patients loaded whole."""
+    from mddose.data.inputs.common import with_targets
     from mddose.data.inputs.slice_dataset import SliceDataset
     from mddose.data.sources import training_sources
 
     train_src, val_p, _, skipped = training_sources(cfg.data)
     scfg = cfg.inputs
+    val_p, bad_val = with_targets(val_p, scfg.targets)
+    skipped += bad_val
     base = SliceDataset(train_src, scfg, augment=False, progress=progress)
     skipped += [(str(item), msg) for item, msg in getattr(base, "bad", [])]
     if len(base) == 0:

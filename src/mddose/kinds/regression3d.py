@@ -53,7 +53,8 @@ def _volume_dataset(items: list, vcfg: VolumeConfig, seed: int, progress: bool
         except Exception as exc:  # noqa: BLE001 - any failure of one patient: report it and go on
             skipped.append(skip_item(item, exc))
     try:
-        return VolumeDataset(good, vcfg, augment=True, seed=seed, progress=progress), skipped
+        ds = VolumeDataset(good, vcfg, augment=True, seed=seed, progress=progress)
+        return ds, skipped + ds.bad                 # each patient the dataset could not use, named
     except Exception as exc:  # noqa: BLE001 - find the patient(s) that fail to process
         logger.warning("building the volume dataset failed (%s); checking each patient", describe_error(exc))
     usable = []
@@ -65,15 +66,19 @@ def _volume_dataset(items: list, vcfg: VolumeConfig, seed: int, progress: bool
             skipped.append(skip_item(item, exc))
     if not usable:
         raise MddoseError("no usable training patients" + (f" ({skipped[0][1]})" if skipped else ""))
-    return VolumeDataset(usable, vcfg, augment=True, seed=seed, progress=progress), skipped
+    ds = VolumeDataset(usable, vcfg, augment=True, seed=seed, progress=progress)
+    return ds, skipped + ds.bad
 
 
 def build_volume_data(cfg, *, progress: bool = False) -> TrainData:
     """Whole volumes of the training patients of train config ``cfg``, resampled to ``cfg.inputs.size``³."""
+    from mddose.data.inputs.common import with_targets
     from mddose.data.sources import training_sources
 
     train_src, val_p, _, skipped = training_sources(cfg.data)
     vcfg = cfg.inputs
+    val_p, bad_val = with_targets(val_p, vcfg.targets)
+    skipped += bad_val
     ds, more = _volume_dataset(train_src, vcfg, cfg.seed, progress)
     skipped += more
     if len(ds) == 0:

@@ -116,6 +116,7 @@ def predict_to_dir(checkpoint: str | Path, input_path: str | Path, out: str | Pa
         bundle.model.to(dev)
     done: list[str] = []
     empty: dict[str, list[str]] = {}
+    empty_files: dict[str, list[str]] = {}
     it = loaded
     if progress:
         from tqdm.auto import tqdm
@@ -124,6 +125,8 @@ def predict_to_dir(checkpoint: str | Path, input_path: str | Path, out: str | Pa
     for d, patient in it:
         try:
             pred = predict_resolved(bundle, patient, opts, batch=batch, seed=seed, progress=progress)
+            if pred.empty_rois:
+                empty_files[patient.id] = pred.empty_rois
             if pred.missing_rois:
                 log.info("patient %s: no %s: empty input channel(s), as in training", patient.id,
                          ", ".join(pred.missing_rois))
@@ -135,7 +138,7 @@ def predict_to_dir(checkpoint: str | Path, input_path: str | Path, out: str | Pa
     if done:
         _write_run_info(out, checkpoint=checkpoint, input_path=input_path, fmt=fmt, kind=bundle.kind,
                         model=model_name(bundle), **opts, seed=seed, patients=done, errors=errors,
-                        missing_rois=empty)
+                        missing_rois=empty, empty_rois=empty_files)
     if not done:
         detail = "; ".join(f"{p}: {e}" for p, e in errors[:3]) or "no patients found"
         raise MddoseError(f"nothing was predicted ({detail})", input_path)

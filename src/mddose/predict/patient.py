@@ -38,6 +38,7 @@ class Prediction:
     dose: np.ndarray
     std: np.ndarray | None
     missing_rois: list[str] = field(default_factory=list)     # OARs the patient lacks: empty input channels
+    empty_rois: list[str] = field(default_factory=list)       # ROIs whose file has no voxel: treated as absent
 
 
 def missing_rois(patient: Patient, data_cfg) -> list[str]:
@@ -104,8 +105,11 @@ def predict_resolved(bundle, patient: Patient, opts: dict, *, batch: int = 8, se
                      progress: bool = False) -> Prediction:
     """:func:`predict_patient` with options already resolved (:func:`~mddose.predict.options.resolve_options`,
     once for a whole batch of patients)."""
-    missing = missing_rois(patient, bundle.data_config)
-    dose, std = bundle.model_kind.predict(bundle, patient, opts, batch=batch, seed=seed, progress=progress)
-    pred = Prediction(patient.id, dose, std, missing)
+    from mddose.data.inputs.common import drop_empty_rois
+
+    used, empty = drop_empty_rois(patient, bundle.data_config.targets)     # an empty ROI file is an absent ROI
+    missing = missing_rois(used, bundle.data_config)
+    dose, std = bundle.model_kind.predict(bundle, used, opts, batch=batch, seed=seed, progress=progress)
+    pred = Prediction(patient.id, dose, std, missing, empty)
     _check_prediction(pred, patient)
     return pred

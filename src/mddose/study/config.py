@@ -35,7 +35,7 @@ from typing import Any
 
 from mddose.errors import MddoseError
 from mddose.utils.builtin import builtin_studies  # noqa: F401  (also this module's name for it)
-from mddose.utils.config import check_keys, check_number, dataclass_from_dict, read_json_object
+from mddose.utils.config import check_finite, check_keys, check_number, dataclass_from_dict, read_json_object
 
 TABLES = ("table1", "table3")
 #: TrainConfig fields a study sets itself (a method's "train" section may not)
@@ -118,13 +118,39 @@ class StudyConfig:
                           f"{', '.join(m.name for m in self.methods)}")
 
     def with_budget_minutes(self, minutes: float) -> "StudyConfig":
-        if not minutes > 0:
-            raise MddoseError(f"--budget-minutes must be > 0, got {minutes}")
+        check_number("", "--budget-minutes", minutes, above=0)
         return dataclasses.replace(self, budget={"minutes": float(minutes)})
 
 
 # ------------------------------------------------------------------------------------------ parsing
+#: characters a method name may not hold: they would break the Markdown/CSV tables or the HTML report
+_NAME_BREAKERS = re.compile(r"[|<>\\\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _check_name(where: str, key: str, v: Any) -> None:
+    """A method name: a non-empty string without table-breaking characters or surrounding blanks."""
+    if not isinstance(v, str) or not v.strip():
+        raise MddoseError(f"{where}: {key} must be a non-empty string, got {v!r}")
+    bad = _NAME_BREAKERS.search(v)
+    if bad or v != v.strip():
+        what = repr(bad.group()) if bad else "leading/trailing blanks"
+        raise MddoseError(f"{where}: {key} {v!r} may not contain {what} (it would break the tables and the report)")
+
+
+def _check_strings(where: str, d: dict, prefix: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+    """Each of ``keys`` present in ``d`` is a string (``optional``: or null); else one line naming the key."""
+    for k in keys:
+        if k in d and not (isinstance(d[k], str) or (d[k] is None and k in optional)):
+            raise MddoseError(f"{where}: {prefix}{k} must be a string, got {d[k]!r}")
+
+
 def _method(d: Any, where: str, i: int) -> MethodSpec:
+    if isinstance(d, dict):
+        _check_name(where, f"methods[{i}].name", d.get("name"))
+        _check_strings(where, d, f"methods[{i}].", ("model", "preset"), optional=("preset",))
+        tables = d.get("tables", [])
+        if not isinstance(tables, list) or not all(isinstance(t, str) for t in tables):
+            raise MddoseError(f"{where}: methods[{i}].tables must be a list of table names, got {tables!r}")
     m = dataclass_from_dict(MethodSpec, d, where, prefix=f"methods[{i}].")
     if not isinstance(m.model, str) or (m.checkpoint is not None and not isinstance(m.checkpoint, str)):
         raise MddoseError(f"{where}: methods[{i}].model and .checkpoint must be strings")
@@ -144,6 +170,23 @@ def _method(d: Any, where: str, i: int) -> MethodSpec:
     if unknown:
         raise MddoseError(f"{where}: methods[{i}].tables: unknown {', '.join(unknown)}; choose from {', '.join(TABLES)}")
     return m
+
+
+def _check_data_section(where: str, data: Any) -> None:
+    """``data``: an object whose train/val are a path or a non-empty list of paths, test a path, phantoms an
+    object (its values are checked by :class:`~mddose.data.sources.PhantomSplit`)."""
+    if not isinstance(data, dict):
+        raise MddoseError(f"{where}: data must be a JSON object, got {data!r}")
+    for k in ("train", "val"):
+        v = data.get(k)
+        ok = v is None or (isinstance(v, str) and v) or (isinstance(v, list) and v
+                                                         and all(isinstance(x, str) and x for x in v))
+        if not ok:
+            raise MddoseError(f"{where}: data.{k} must be a path or a non-empty list of paths, got {v!r}")
+    if data.get("test") is not None and not (isinstance(data["test"], str) and data["test"]):
+        raise MddoseError(f"{where}: data.test must be a path, got {data['test']!r}")
+    if data.get("phantoms") is not None and not isinstance(data["phantoms"], dict):
+        raise MddoseError(f"{where}: data.phantoms must be a JSON object, got {data['phantoms']!r}")
 
 
 def _check_models(cfg: StudyConfig, where: str) -> None:
@@ -172,9 +215,16 @@ def _check_models(cfg: StudyConfig, where: str) -> None:
 def study_from_dict(raw: dict, where: str = "study config") -> StudyConfig:
     """Parse and validate a study config (see the module docstring); one-line MddoseError on any problem."""
     check_keys(raw, [f.name for f in dataclasses.fields(StudyConfig)], where)
+    check_finite(raw, where)
     for key in ("name", "methods", "data", "reference", "budget"):
         if key not in raw:
             raise MddoseError(f"{where}: missing '{key}'")
+    _check_strings(where, raw, "", ("name", "reference", "description"))
+    if not raw["name"].strip():
+        raise MddoseError(f"{where}: name must be a non-empty string")
+    if "seed" in raw:
+        check_number(where, "seed", raw["seed"], integer=True)
+    _check_data_section(where, raw["data"])
     if not isinstance(raw["methods"], list) or not raw["methods"]:
         raise MddoseError(f"{where}: 'methods' must be a non-empty list")
     methods = tuple(_method(d, where, i) for i, d in enumerate(raw["methods"]))
@@ -207,9 +257,13 @@ def study_from_dict(raw: dict, where: str = "study config") -> StudyConfig:
         raise MddoseError(f"{where}: predict must be an object")
     from mddose.kinds import all_kinds
     check_keys(predict, [k for kind in all_kinds().values() for k in kind.options], where, "predict.")
-    cfg = StudyConfig(name=str(raw["name"]), methods=methods, data=data, reference=str(raw["reference"]),
-                      budget=dict(budget), predict=dict(predict), seed=int(raw.get("seed", 0)),
-                      description=str(raw.get("description", "")))
+    for k, v in predict.items():                 # each value as every kind that takes it checks it
+        for kind in all_kinds().values():
+            if k in kind.options:
+                kind.check_option(k, v, f"{where}: predict.{k}")
+    cfg = StudyConfig(name=raw["name"], methods=methods, data=data, reference=raw["reference"],
+                      budget=dict(budget), predict=dict(predict), seed=raw.get("seed", 0),
+                      description=raw.get("description", ""))
     if cfg.reference not in names:
         raise MddoseError(f"{where}: reference {cfg.reference!r} is not one of the methods ({', '.join(names)})")
     _check_models(cfg, where)
@@ -217,9 +271,11 @@ def study_from_dict(raw: dict, where: str = "study config") -> StudyConfig:
 
 
 def _resolve_paths(cfg: StudyConfig, base: Path) -> StudyConfig:
-    """Relative data paths: against the current directory first, then the config file's folder."""
+    """Relative data paths: against the current directory first, then the config file's folder; made absolute
+    (the saved config names the same patients wherever the study is re-run from)."""
     def resolve(v: str) -> str:
-        return str(base / v) if not Path(v).is_absolute() and not Path(v).exists() and (base / v).exists() else v
+        use_base = not Path(v).is_absolute() and not Path(v).exists() and (base / v).exists()
+        return os.path.abspath(base / v if use_base else v)
 
     fixed = {}
     for key in ("train", "val", "test"):

@@ -109,15 +109,35 @@ def _patient_sections(cfg: StudyConfig, out: Path, study: dict) -> list[str]:
     return parts
 
 
+def _budget_text(budget: dict) -> str:
+    """``minutes 1.0`` / ``steps 2``; per method (``A: steps 2; B: not trained``) when they differ."""
+    if budget and set(budget) <= {"minutes", "steps"}:
+        return ", ".join(f"{k} {v}" for k, v in budget.items())
+    return "; ".join(f"{m}: {_budget_text(b) if b else 'not trained'}" for m, b in budget.items()) or "none"
+
+
+def _not_scored_html(study: dict) -> str:
+    """A warning paragraph per method with test patients it has no score for (left out of Table 1)."""
+    parts = []
+    for name, rec in study["methods"].items():
+        lost = rec.get("not_scored") or {}
+        if rec["status"] == "done" and lost:
+            parts.append(f'<p class="note"><b>{html.escape(name)}: {len(lost)} test patient(s) not scored</b> '
+                         "(left out of its rows): " + html.escape("; ".join(f"{p}: {w}" for p, w in lost.items()))
+                         + "</p>")
+    return "\n".join(parts)
+
+
 def write_study_report(cfg: StudyConfig, out: Path, study: dict) -> Path:
     """Write ``out/report.html`` (atomically) from the tables and the finished methods' predictions."""
     from mddose.evaluate.report.page import render_page
 
     body = [f"<h1>Study {html.escape(cfg.name)}</h1>",
-            f'<p class="meta">{html.escape(cfg.description)} Budget per method: '
-            f"{html.escape(str(cfg.budget))}; reference method: {html.escape(cfg.reference)}; "
+            f'<p class="meta">{html.escape(cfg.description)} Budget per method (as trained): '
+            f"{html.escape(_budget_text(study['budget']))}; reference method: {html.escape(cfg.reference)}; "
             f"written {html.escape(study['written'])}; mddose {html.escape(study['versions']['mddose'])}, "
             f"torch {html.escape(study['versions']['torch'])}.</p>"]
+    body.append(_not_scored_html(study))
     for name in ("table1.md", "table2.md", "table3.md"):
         if (out / name).is_file():
             body.append(markdown_table_html((out / name).read_text(encoding="utf-8")))

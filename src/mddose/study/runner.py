@@ -47,8 +47,10 @@ def _names(spec: str | None) -> dict[str, Path]:
     return {} if not spec else {p.name: p.resolve() for p in list_patients(spec)[0]}
 
 
-def prepare_data(cfg: StudyConfig, out: Path) -> StudyDataPaths:
-    """Test patients on disk (phantoms are written once into ``out/data/test``), overlaps refused, doses checked."""
+def prepare_data(cfg: StudyConfig, out: Path, *, write: bool = True) -> StudyDataPaths:
+    """Test patients on disk (phantoms are written once into ``out/data/test``), overlaps refused, doses checked.
+
+    ``write=False``: nothing is written (the phantoms' paths only): the check before the study writes anything."""
     from mddose.data.io import load_patients
     from mddose.train.config import DataConfig
 
@@ -56,7 +58,7 @@ def prepare_data(cfg: StudyConfig, out: Path) -> StudyDataPaths:
     if split is not None:
         train = DataConfig(phantoms=split, val_max_slices=16)
         test_dir = out / "data" / "test"
-        if not (test_dir / "done").is_file():           # test phantoms follow the train and val seeds: disjoint
+        if write and not (test_dir / "done").is_file():     # test phantoms follow the train and val seeds: disjoint
             from mddose.data.phantom import write_phantoms
             seeds = split.seeds("test")
             write_phantoms(len(seeds), test_dir, seed=seeds.start, size=split.size, format="nifti", force=True)
@@ -64,6 +66,8 @@ def prepare_data(cfg: StudyConfig, out: Path) -> StudyDataPaths:
         ids = [f"pt_{i}" for i in range(1, split.test + 1)]
         return StudyDataPaths(train, test_dir, ids)
     train_names, val_names, test_names = _names(cfg.data.train), _names(cfg.data.val), _names(cfg.data.test)
+    if not train_names:
+        raise MddoseError(f"study {cfg.name}: data.train holds no patient folders", cfg.data.train)
     for what, other in (("train", train_names), ("validation", val_names)):
         same = sorted(n for n, p in test_names.items() if n in other or p in set(other.values()))
         if same:
@@ -108,7 +112,7 @@ def stage_train(cfg: StudyConfig, m: MethodSpec, data: StudyDataPaths, st: Metho
         from mddose.predict.shipped import resolve_checkpoint
 
         return {"checkpoint": str(resolve_checkpoint(m.checkpoint).resolve()), "steps": 0, "seconds_this_run": 0.0,
-                "train_seconds": 0.0, "resumed": False, "pretrained": m.checkpoint}
+                "train_seconds": 0.0, "resumed": False, "pretrained": m.checkpoint, "budget": {"steps": 0}}
     run = st.dir / "train"
     resume = find_last(run) is not None
     left = None
@@ -123,14 +127,23 @@ def stage_train(cfg: StudyConfig, m: MethodSpec, data: StudyDataPaths, st: Metho
     best = Path(best)
     meta = read_json(best / "config.json")
     return {"checkpoint": str(best), "steps": meta.get("step"), "seconds_this_run": round(time.monotonic() - t0, 1),
-            "train_seconds": round(_elapsed_in(run), 1), "resumed": resume}
+            "train_seconds": round(_elapsed_in(run), 1), "resumed": resume, "budget": dict(cfg.budget)}
 
 
-def _predict_options(cfg: StudyConfig, checkpoint: str | Path) -> dict:
-    """The study's prediction options that the kind of the model in ``checkpoint`` takes."""
+def _method_kind(m: MethodSpec):
+    """The :class:`~mddose.kinds.base.ModelKind` of method ``m``: its model's, or its checkpoint's."""
     from mddose.kinds import get_kind
+    from mddose.models import kind_of
+    from mddose.predict.shipped import resolve_checkpoint
 
-    kind = get_kind(read_json(Path(checkpoint) / "config.json").get("kind", "diffusion"))
+    if m.trained:
+        return kind_of(m.model)
+    return get_kind(read_json(resolve_checkpoint(m.checkpoint) / "config.json").get("kind", "diffusion"))
+
+
+def _predict_options(cfg: StudyConfig, m: MethodSpec) -> dict:
+    """The study's prediction options that the kind of method ``m`` takes."""
+    kind = _method_kind(m)
     return {k: v for k, v in cfg.predict.items() if k in kind.options}
 
 
@@ -141,7 +154,7 @@ def stage_predict(cfg: StudyConfig, m: MethodSpec, data: StudyDataPaths, st: Met
     pred = st.dir / "pred"
     t0 = time.monotonic()
     done, errors = predict_to_dir(ckpt, data.test_dir, pred, fmt="nifti", force=True, progress=False,
-                                  seed=cfg.seed, **_predict_options(cfg, ckpt))
+                                  seed=cfg.seed, **_predict_options(cfg, m))
     s = time.monotonic() - t0
     return {"patients": list(done), "errors": [list(e) for e in errors], "seconds": round(s, 1),
             "seconds_per_patient": round(s / max(len(done), 1), 2)}
@@ -169,7 +182,7 @@ def check_out_dir(cfg: StudyConfig, out: Path, resume: bool) -> None:
     saved = out / "study_config.json"
     if saved.is_file():
         old, new = read_json(saved), cfg.to_dict()
-        if old.get("name") != cfg.name or old.get("data") != new["data"] or not _keeps_methods(old, new):
+        if old.get("name") != cfg.name or _absolute(old.get("data")) != new["data"] or not _keeps_methods(old, new):
             raise MddoseError(f"holds a study of another config ({old.get('name', '?')}); choose another --out",
                               out)
         if old.get("methods") != new["methods"] and not resume:
@@ -180,6 +193,20 @@ def check_out_dir(cfg: StudyConfig, out: Path, resume: bool) -> None:
                               "budget, or choose another --out", out)
     elif out.exists() and any(out.iterdir()):
         raise MddoseError("exists, is not empty and holds no study (choose another --out)", out)
+
+
+def _absolute(data: Any) -> Any:
+    """A saved ``data`` section with its paths made absolute (configs saved before paths were absolute kept them
+    relative to the directory the study ran from)."""
+    import os
+
+    if not isinstance(data, dict):
+        return data
+
+    def fix(v):
+        return os.path.abspath(v) if isinstance(v, str) else [fix(x) for x in v] if isinstance(v, list) else v
+
+    return {k: fix(v) if k in ("train", "val", "test") else v for k, v in data.items()}
 
 
 def _keeps_methods(old: dict, new: dict) -> bool:
@@ -198,9 +225,10 @@ def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = False, only: 
 
     out = Path(out)
     check_out_dir(cfg, out, resume)
+    methods = [cfg.method(n) for n in only] if only else list(cfg.methods)
+    check_methods(cfg, methods, prepare_data(cfg, out, write=False))   # everything checked before anything is written
     out.mkdir(parents=True, exist_ok=True)
     write_json({**cfg.to_dict(), "written": time.strftime("%Y-%m-%dT%H:%M:%S")}, out / "study_config.json")
-    methods = [cfg.method(n) for n in only] if only else list(cfg.methods)
     data = prepare_data(cfg, out)
     todo = [(m, s) for m in methods for s in STAGES]
     bar = None
@@ -214,6 +242,21 @@ def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = False, only: 
         if bar is not None:
             bar.close()
     return write_tables(cfg, out, data.test_dir)
+
+
+def check_methods(cfg: StudyConfig, methods: list[MethodSpec], data: StudyDataPaths) -> None:
+    """The train config each method will train with (its settings on the study's data and budget), resolved, and
+    the prediction options its kind of model takes: a one-line :class:`MddoseError` naming the method."""
+    seconds = cfg.budget_minutes * 60 if cfg.budget_minutes is not None else None
+    for m in methods:
+        try:
+            if m.trained:
+                _train_config(cfg, m, data, seconds).resolved()
+            kind = _method_kind(m)
+            for k, v in _predict_options(cfg, m).items():
+                kind.check_option(k, v, f"predict.{k}")
+        except MddoseError as exc:
+            raise MddoseError(f"study {cfg.name}: method {m.name!r}: {exc}") from None
 
 
 def _run_method(cfg: StudyConfig, m: MethodSpec, data: StudyDataPaths, out: Path, bar) -> None:

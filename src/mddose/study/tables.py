@@ -45,9 +45,31 @@ def collect(cfg: StudyConfig, out: Path) -> dict[str, dict]:
         st = MethodState.load(out / "methods" / m.slug)
         status = "failed" if st.failed else ("done" if st.done("evaluate") else
                                             ("not run" if not st.stages else "incomplete"))
-        recs[m.name] = {"model": m.model, "checkpoint": m.checkpoint, "preset": m.preset, "overrides": dict(m.overrides),
-                        "tables": list(m.tables), "status": status, "failed": st.failed, "stages": st.stages}
+        recs[m.name] = {"model": m.model, "checkpoint": m.checkpoint, "preset": m.preset,
+                        "overrides": dict(m.overrides),
+                        "tables": list(m.tables), "status": status, "failed": st.failed, "stages": st.stages,
+                        "budget": st.stages.get("train", {}).get("budget", cfg.budget) if st.stages.get("train")
+                        else None, "not_scored": not_scored(st.stages)}
     return recs
+
+
+def not_scored(stages: dict) -> dict[str, str]:
+    """Test patient → why the method has no score for it (not predicted, or its prediction could not be scored)."""
+    from pathlib import PurePath
+
+    ev, pred = stages.get("evaluate") or {}, stages.get("predict") or {}
+    if not ev:
+        return {}
+    why = {PurePath(str(item)).name: str(msg) for item, msg in pred.get("errors", [])}
+    out = {str(pid): why.get(str(pid), "not predicted") for pid in ev.get("missing", [])}
+    out.update({PurePath(str(item)).name: str(msg) for item, msg in ev.get("errors", [])})
+    return out
+
+
+def budgets_used(recs: dict[str, dict]) -> dict | None:
+    """The one budget every trained method used, or None when they differ or none trained."""
+    used = [r["budget"] for r in recs.values() if r["budget"] is not None]
+    return used[0] if used and all(b == used[0] for b in used) else None
 
 
 def _values(rec: dict) -> dict[str, dict[str, float]]:
@@ -84,11 +106,13 @@ def stats_markdown(cfg: StudyConfig, recs: dict[str, dict], table: str, title: s
         for m in comp.methods:
             tests = [comp.tests.get((m, c)) for c, _ in METRICS]
             n = max(comp.summary(m, c)[2] for c, _ in METRICS)
+            lost = recs[m]["not_scored"]
+            n_text = f"{n} of {n + len(lost)}" if lost else str(n)
             name = f"{m} (reference)" if m == comp.reference else m
             lines.append("| " + " | ".join([name, *(comp.cell(m, c) for c, _ in METRICS),
                                             " / ".join(_p(t, "t") for t in tests) if m != comp.reference else "",
                                             " / ".join(_p(t, "w") for t in tests) if m != comp.reference else "",
-                                            str(n)]) + " |")
+                                            n_text]) + " |")
             for (c, _), t in zip(METRICS, tests):
                 mean, std, k = comp.summary(m, c)
                 w.writerow([m, "done", c, k, _num(mean), _num(std), _p(t, "t"), _p(t, "w"),
@@ -98,6 +122,11 @@ def stats_markdown(cfg: StudyConfig, recs: dict[str, dict], table: str, title: s
         lines.append("| " + " | ".join([m, why.replace("|", "/"), "", "", "", "", ""]) + " |")
         w.writerow([m, r["status"], "", "", "", "", "", "", ""])
     ref = comp.reference if comp is not None else cfg.reference
+    for m in comp.methods if comp is not None else []:
+        lost = recs[m]["not_scored"]
+        if lost:
+            lines += ["", f"{m}: {len(lost)} test patient(s) not scored, left out of its row — "
+                          + "; ".join(f"{pid}: {why}".replace("|", "/") for pid, why in lost.items())]
     lines += ["", f"mean ± sample sd over the test patients; * p < 0.05 vs {ref} (paired t-test, as the paper); "
                   "HI = MD-Dose's definition (mean over slices of |σ/μ| differences in the PTV, see "
                   "`mddose.evaluate.clinical`)."]
@@ -158,7 +187,12 @@ def write_tables(cfg: StudyConfig, out: Path, test_dir: Path, *, report: bool = 
         t3_md, t3_csv = stats_markdown(cfg, recs, "table3", f"Table 3 — {cfg.name}: structure-encoder ablation")
         _text(out / "table3.md", t3_md)
         _text(out / "table3.csv", t3_csv)
-    study = {"config": cfg.to_dict(), "versions": _versions(), "budget": cfg.budget, "seed": cfg.seed,
+    used = budgets_used(recs)
+    config = cfg.to_dict()
+    if used is not None:
+        config["budget"] = used                   # what the methods trained with, not a later --budget-minutes
+    study = {"config": config, "versions": _versions(), "budget": used if used is not None else
+             {m: r["budget"] for m, r in recs.items()}, "seed": cfg.seed,
              "test_patients": str(Path(test_dir).resolve()),
              "written": time.strftime("%Y-%m-%dT%H:%M:%S"), "columns": list(COLUMNS),
              "methods": {m: {**r, "parameters": timings.get(m, (None,))[0],

@@ -72,7 +72,7 @@ from mddose.data.sources import PhantomSplit
 from mddose.diffusion.config import DiffusionConfig
 from mddose.errors import MddoseError
 from mddose.utils.builtin import builtin_configs
-from mddose.utils.config import check_number, dataclass_from_dict, read_json_object
+from mddose.utils.config import check_finite, check_number, dataclass_from_dict, read_json_object
 
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {"batch_size": 16, "lr": 1e-2, "lr_schedule": "half-linear", "lr_min": 1e-4,
@@ -343,6 +343,7 @@ def load_train_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
     """
     path = Path(path)
     raw = read_json_object(path, "config file")
+    check_finite(raw, str(path))
     cfg = TrainConfig.from_dict(raw, where=str(path))
     data = cfg.data
     fixed = {}

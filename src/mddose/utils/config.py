@@ -52,6 +52,19 @@ def dataclass_from_dict(cls: type[T], d: Any, where: str, *, prefix: str = "", i
         raise MddoseError(f"{where}: {exc}") from None
 
 
+def check_finite(value: Any, where: str, key: str = "") -> None:
+    """Refuse a non-finite number (NaN, Infinity: Python's JSON reader takes them) anywhere in ``value`` (nested
+    objects and lists included): one-line :class:`MddoseError` ``"{where}: {key.path} must be a finite number"``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise MddoseError(f"{where}: {key or 'value'} must be a finite number, got {value!r}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_finite(v, where, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_finite(v, where, f"{key}[{i}]")
+
+
 def check_number(where: str, key: str, v: Any, *, integer: bool = False, at_least: float | None = None,
                  above: float | None = None, below: float | None = None, hint: str = "") -> Any:
     """``v`` if it is an integer (``integer``) or a finite number, ``>= at_least``, ``> above`` and ``< below``;
@@ -66,6 +79,53 @@ def check_number(where: str, key: str, v: Any, *, integer: bool = False, at_leas
                            (below is None or v < below, "<", below)):
         if not ok:
             raise MddoseError(f"{head} must be {rel} {bound}{hint}, got {v}")
+    return v
+
+
+def physical_memory() -> int:
+    """Bytes of physical memory of this machine (16 GiB when the system does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return 16 << 30
+
+
+def human_bytes(n: float) -> str:
+    """``n`` bytes as text: ``"1.5 GiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} PiB"
+
+
+def int_at_least(low: int):
+    """An argparse ``type``: an integer >= ``low`` (else argparse's one-line error naming the option, exit 2)."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {v}")
+        return v
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def positive_number(text: str) -> float:
+    """An argparse ``type``: a finite number > 0 (NaN, inf, 0 and negatives refused, naming the option)."""
+    import argparse
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return v
 
 

@@ -22,6 +22,7 @@ opened (a FIFO, a broken link or an unreadable file is a one-line error).
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -51,8 +52,9 @@ def geometry_from_affine(affine_ras: np.ndarray):
     lps = _LPS_TO_RAS @ np.asarray(affine_ras, dtype=np.float64)
     cols = lps[:3, :3]
     norms = np.linalg.norm(cols, axis=0)
-    if not np.all(norms > 0):
-        raise ValueError("singular affine")
+    if not (np.all(np.isfinite(lps)) and np.all(norms > 0)):
+        sizes = ", ".join(f"{v:g}" for v in norms[::-1])
+        raise ValueError(f"voxel size ({sizes}) mm (z, y, x) is zero or not finite")
     direction = cols / norms
     spacing = (float(norms[2]), float(norms[1]), float(norms[0]))
     origin = tuple(float(v) for v in lps[:3, 3])
@@ -75,10 +77,31 @@ def _load_image(path: Path):
     return img, data
 
 
+def _check_pixdim(img, path: Path) -> None:
+    """Without an sform the affine comes from ``pixdim`` (the voxel size), which nibabel silently "repairs" (0 → 1,
+    negative → its absolute value): refuse a voxel size that is zero, negative or not finite instead."""
+    from nibabel.openers import ImageOpener
+
+    try:
+        if int(img.header["sform_code"]) != 0:
+            return
+        with ImageOpener(str(path)) as fh:          # the header as written (nibabel's copy is already repaired)
+            raw = type(img.header).from_fileobj(fh, check=False)
+        zooms = [float(v) for v in raw["pixdim"][1:4]]
+    except Exception:  # noqa: BLE001 - not a NIfTI header (the image itself was read): nothing to check
+        return
+    if not all(math.isfinite(z) and z > 0 for z in zooms):
+        raise MddoseError("voxel size (pixdim) must be positive and finite, got "
+                          f"({', '.join(f'{z:g}' for z in zooms)}) (x, y, z)", path)
+
+
 def read_nifti_array(path: str | os.PathLike):
-    """Read one NIfTI image: ``(array (Z, Y, X), spacing (sz, sy, sx), origin LPS (x, y, z), direction)``."""
+    """Read one NIfTI image: ``(array (Z, Y, X), spacing (sz, sy, sx), origin LPS (x, y, z), direction)``.
+
+    A voxel size that is zero, negative (``pixdim``) or not finite is refused (one line naming the file)."""
     path = Path(path)
     img, data = _load_image(path)
+    _check_pixdim(img, path)
     try:
         spacing, origin, direction = geometry_from_affine(img.affine)
     except ValueError as exc:

@@ -14,7 +14,7 @@ import math
 from typing import Any, TypeVar
 
 from mddose.errors import MddoseError
-from mddose.utils.config import check_number, dataclass_from_dict
+from mddose.utils.config import check_number, dataclass_from_dict, human_bytes, physical_memory
 
 C = TypeVar("C", bound="InputConfig")
 
@@ -40,9 +40,27 @@ def config_number(where: str, key: str, v: Any, low: int | None = None) -> Any:
 
 def roi_names(where: str, key: str, v: Any) -> tuple[str, ...]:
     """``v`` (a list of ROI names) as a tuple of str; a bare string or a non-list → one-line MddoseError."""
-    if isinstance(v, str) or not isinstance(v, (list, tuple)):
+    if isinstance(v, str) or not isinstance(v, (list, tuple)) or not all(isinstance(t, str) and t for t in v):
         raise MddoseError(f"{where}: {key} must be a list of ROI names, got {v!r}")
-    return tuple(str(t) for t in v)
+    return tuple(v)
+
+
+def check_fits_memory(where: str, size: int, channels: int, dims: int, what: str) -> None:
+    """Refuse a grid ``size`` whose one sample (``channels`` inputs + dose + mask, float32, ``size ** dims``
+    voxels) would need more than a quarter of :func:`physical_memory` — it could never be trained or predicted
+    here; a one-line :class:`MddoseError` naming ``size`` and the largest size that fits, before any work."""
+    budget = physical_memory() // 4
+    per_voxel = (channels + 2) * 4
+    if per_voxel * size ** dims <= budget:
+        return
+    fits = int((budget / per_voxel) ** (1 / dims))
+    while per_voxel * (fits + 1) ** dims <= budget:
+        fits += 1
+    while fits > 1 and per_voxel * fits ** dims > budget:
+        fits -= 1
+    raise MddoseError(f"{where}: size {size} does not fit in memory: one {what} of {channels} + 2 float32 channels "
+                      f"needs {human_bytes(per_voxel * size ** dims)}, over a quarter of this machine's "
+                      f"{human_bytes(physical_memory())} (size <= {fits} fits)")
 
 
 def ct_window(where: str, v: Any) -> tuple[float, float]:
@@ -61,6 +79,42 @@ def flag(where: str, key: str, v: Any) -> bool:
     if not isinstance(v, bool):
         raise MddoseError(f"{where}: {key} must be true or false, got {v!r}")
     return v
+
+
+def drop_empty_rois(patient, targets: tuple[str, ...] | list[str]):
+    """``(patient, empty)``: a patient's ROIs whose mask has no voxel are treated as absent — ``empty`` names them
+    (logged once), and the patient returned is a shallow copy without them (the same object when none is empty).
+
+    Raises:
+        MddoseError: none of ``targets`` has a voxel: the patient is refused by name (training and prediction
+            alike: the dose follows the target).
+    """
+    from mddose.utils.log import logger
+
+    empty = [n for n, m in patient.masks.items() if not m.any()]
+    if empty:
+        logger.warning("patient %s: ROI(s) with no voxel, treated as absent: %s", patient.id, ", ".join(empty))
+        patient = patient.with_dose(patient.dose)
+        patient.masks = {n: m for n, m in patient.masks.items() if n not in empty}
+    if not any(t in patient.masks for t in targets):
+        gone = [t for t in targets if t in empty]
+        raise MddoseError(f"patient {patient.id}: has no target ROI (the model needs one of {', '.join(targets)}"
+                          + (f"; {', '.join(gone)} has no voxel" if gone else "") + ")")
+    return patient, empty
+
+
+def with_targets(patients: list, targets) -> tuple[list, list[tuple[str, str]]]:
+    """(the loaded ``patients`` that have a target with voxels, ``(name, message)`` of the others — each logged)."""
+    from mddose.utils.batch import skip_item
+
+    kept, skipped = [], []
+    for p in patients:
+        try:
+            drop_empty_rois(p, targets)
+            kept.append(p)
+        except MddoseError as exc:
+            skipped.append(skip_item(p, exc, "validation patient"))
+    return kept, skipped
 
 
 class InputConfig:

@@ -47,7 +47,8 @@ from typing import Any
 
 import numpy as np
 
-from mddose.data.inputs.common import InputConfig, config_number, ct_window, flag, roi_names
+from mddose.data.inputs.common import (InputConfig, check_fits_memory, config_number, ct_window, drop_empty_rois, flag,
+                                      roi_names)
 from mddose.data.patient import OPENKBP_OARS, OPENKBP_TARGETS, Patient
 from mddose.errors import MddoseError
 
@@ -110,6 +111,7 @@ class SliceConfig(InputConfig):
         names = self.targets + self.oars
         if len(set(names)) != len(names):
             raise MddoseError(f"{w}: duplicate ROI names in targets/oars {list(names)}")
+        check_fits_memory(w, self.size, self.channels, 2, f"{self.size}² slice")
         if self.ct_scale not in CT_SCALES:
             raise MddoseError(f"{w}: ct_scale must be one of {CT_SCALES}, got {self.ct_scale!r}")
         set_("reference_dose", config_number(w, "reference_dose", self.reference_dose))
@@ -317,6 +319,7 @@ def patient_to_slices(patient: Patient, cfg: SliceConfig, *, for_prediction: boo
         reference-dose units (None if the patient has no dose), mask (S, 1, size, size) uint8, z (S,) int64
         and the box (y0, y1, x0, x1) of :func:`dose_box`.
     """
+    patient, _ = drop_empty_rois(patient, cfg.targets)
     z = select_slices(patient, cfg, for_prediction)
     missing: list[str] = []
     box = dose_box(patient, cfg)

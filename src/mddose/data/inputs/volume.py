@@ -41,7 +41,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mddose.data.inputs.common import InputConfig, config_number, ct_window, flag, roi_names
+from mddose.data.inputs.common import (InputConfig, check_fits_memory, config_number, ct_window, drop_empty_rois, flag,
+                                      roi_names)
 from mddose.data.inputs.resample import check_spacing, resize_volume, to_grid
 from mddose.data.io import load_patient
 from mddose.data.patient import OPENKBP_OARS, OPENKBP_TARGETS, Patient
@@ -102,6 +103,7 @@ class VolumeConfig(InputConfig):
         names = self.targets + self.oars
         if not self.targets or len(set(names)) != len(names):
             raise MddoseError(f"{w}: targets must name ≥ 1 ROI and no ROI twice, got {list(names)}")
+        check_fits_memory(w, self.size, self.channels, 3, f"{self.size}³ volume")
         set_("ct_clip", ct_window(w, self.ct_clip))
         if self.target_channel not in TARGET_CHANNELS:
             raise MddoseError(f"{w}: target_channel must be one of {TARGET_CHANNELS}, got {self.target_channel!r}")
@@ -176,6 +178,7 @@ def native_volume(patient: Patient, cfg: VolumeConfig) -> VolumeArrays:
     Returns:
         :class:`VolumeArrays`: cond (C, Z, Y, X), dose (1, Z, Y, X) or None, mask (1, Z, Y, X), float32.
     """
+    patient, _ = drop_empty_rois(patient, cfg.targets)      # an empty ROI file is an absent ROI
     missing: list[str] = []
     cond = np.empty((cfg.channels, *patient.shape), dtype=np.float32)
     cond[0] = ct_channel(patient.ct, cfg)
