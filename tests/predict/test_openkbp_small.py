@@ -22,7 +22,7 @@ def folder():
 
 
 def test_is_a_small_prediction_only_export(folder):
-    assert sorted(p.name for p in folder.iterdir()) == ["MODEL_CARD.md", "config.json", "ema.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["MODEL_CARD.md", "config.json", "ema.safetensors", "validation.json"]
     assert sum(p.stat().st_size for p in folder.iterdir()) < 20 * 2**20
     assert json.loads((folder / "config.json").read_text())["export"] == "prediction"
 

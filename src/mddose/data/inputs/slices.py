@@ -111,7 +111,6 @@ class SliceConfig(InputConfig):
         names = self.targets + self.oars
         if len(set(names)) != len(names):
             raise MddoseError(f"{w}: duplicate ROI names in targets/oars {list(names)}")
-        check_fits_memory(w, self.size, self.channels, 2, f"{self.size}² slice")
         if self.ct_scale not in CT_SCALES:
             raise MddoseError(f"{w}: ct_scale must be one of {CT_SCALES}, got {self.ct_scale!r}")
         set_("reference_dose", config_number(w, "reference_dose", self.reference_dose))
@@ -128,6 +127,7 @@ class SliceConfig(InputConfig):
 
         check_augmentation(w, self.priors, self.prior_names, flip_x=self.flip_x, flip_y=self.flip_y,
                            rotations_deg=ROT90_DEG if self.rot90 else ())
+        check_fits_memory(w, self.size, self.channels, 2, f"{self.size}² slice")
 
     # ------------------------------------------------------------------ presets
     @classmethod

@@ -103,7 +103,6 @@ class VolumeConfig(InputConfig):
         names = self.targets + self.oars
         if not self.targets or len(set(names)) != len(names):
             raise MddoseError(f"{w}: targets must name ≥ 1 ROI and no ROI twice, got {list(names)}")
-        check_fits_memory(w, self.size, self.channels, 3, f"{self.size}³ volume")
         set_("ct_clip", ct_window(w, self.ct_clip))
         if self.target_channel not in TARGET_CHANNELS:
             raise MddoseError(f"{w}: target_channel must be one of {TARGET_CHANNELS}, got {self.target_channel!r}")
@@ -115,6 +114,7 @@ class VolumeConfig(InputConfig):
         check_augmentation(w, self.priors, self.prior_names, flip_x=self.flip,
                            rotations_deg=[ROTATE_STEP_DEG * k for k in range(1, 360 // ROTATE_STEP_DEG)]
                            if self.rotate else ())
+        check_fits_memory(w, self.size, self.channels, 3, f"{self.size}³ volume")
 
     # ------------------------------------------------------------------ presets
     @classmethod
