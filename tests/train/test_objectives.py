@@ -108,3 +108,33 @@ def test_unknown_structure_encoder_is_refused_before_any_data(tmp_path):
                          data=DataConfig(train=str(tmp_path / "nowhere")))
     with pytest.raises(MddoseError, match="structure_encoder"):
         train(cfg, tmp_path / "run", progress=False)
+
+
+def test_crop_training_records_the_geometry_and_prediction_uses_it(tmp_path):
+    """grid "crop" end to end: 2 steps of hd-unet tiny on 16³ patches, then a whole crop that is no multiple of
+    2^(levels-1) = 4 predicted through the checkpoint (TTA), zero outside its box and the possible-dose mask."""
+    from mddose.data.inputs.volume_crop import crop_box, predict_crop
+    from mddose.data.phantom import make_phantom
+    from mddose.predict.patient import predict_patient
+    from mddose.train.checkpoint import load_checkpoint
+    from mddose.train.trainer import train
+
+    cfg = _volume_config(epochs=1, batch_size=1, val_every=1, inputs={"size": 16, "grid": "crop", "crop_margin": 1})
+    best = train(cfg, tmp_path / "run", progress=False)
+    assert len((tmp_path / "run" / "logs" / "train.csv").read_text().splitlines()[1:]) == 2
+    val = (tmp_path / "run" / "logs" / "val.csv").read_text().splitlines()[1:]
+    assert len(val) == 1 and np.isfinite(float(val[0].split(",")[2]))
+    meta = json.loads((best / "config.json").read_text())
+    assert meta["volume_config"]["grid"] == "crop" and meta["volume_config"]["crop_margin"] == 1
+    b = load_checkpoint(best)
+    assert b.volume_config.grid == "crop" and b.model.config.grid_size == 16
+    p = make_phantom(7, 32)
+    box = crop_box(p.dose_mask(), 1)
+    assert any((s.stop - s.start) % 4 for s in box)
+    dose = predict_patient(b, p, tta=True).dose
+    with torch.no_grad():
+        expect = predict_crop(b.model, p, b.volume_config, 4, tta=True)
+    np.testing.assert_array_equal(dose, expect)
+    inside = np.zeros(p.shape, bool)
+    inside[box] = True
+    assert dose.shape == p.shape and (dose[~(inside & p.dose_mask())] == 0).all() and dose.max() > 0
