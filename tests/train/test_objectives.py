@@ -81,6 +81,11 @@ def test_regression_training_learns_and_keeps_the_best(tmp_path):
     # each setting once: the grid as the input config's size, the input config outside the train config
     assert "grid_size" not in meta["model"] and meta["volume_config"]["size"] == 16
     assert "volume" not in meta["train_config"] and b.train_config.inputs == b.volume_config
+    assert meta["volume_config"]["grid"] == "resample"
+    for key in ("grid", "crop_margin"):      # a checkpoint written before the geometry choice loads unchanged
+        del meta["volume_config"][key]
+    (best / "config.json").write_text(json.dumps(meta))
+    assert load_checkpoint(best).volume_config == b.volume_config
 
 
 @pytest.mark.parametrize("model,key", [("c3d", "slices"), ("md-dose", "volume")])

@@ -14,9 +14,11 @@
 * **Prediction** (:func:`predict_crop`): the whole crop in one pass (fully convolutional), padded at its
   far end up to a multiple of the model's ``2^(levels-1)`` per axis (optionally the mean of four flips),
   the padding cut off, then put back on the patient's grid (:func:`crop_to_patient`: zero outside the box
-  and outside the possible-dose mask, × reference_dose, clip ≥ 0). Measured (contended 2-core CPU, HD-UNet
-  ``small``, 128 × 80 × 128 voxels, larger than any validation crop): see ``RESULTS.md``/the issue report;
-  a whole crop fits in memory, so there are no sliding windows.
+  and outside the possible-dose mask, × reference_dose, clip ≥ 0). One pass fits: on the 2-core CPU (contended),
+  a 128 × 80 × 128 crop (larger than any of the shared validation patients' crops with margin 8, which are
+  50–120 × 67–80 × 54–120) takes 2.5 s and 1.15 GB peak RSS with HD-UNet ``small``, 6.2 s and 1.7 GB with
+  ``paper`` (forward, no gradient), so there are no sliding windows. Trained on patches, predicted on the whole
+  crop: the instance norms see the crop's statistics rather than a patch's (crops are ~1–4 patches of 64³).
 
 The round trip crop → :func:`crop_to_patient` is exact on the box (up to the float32 ``÷ × reference_dose``).
 """
