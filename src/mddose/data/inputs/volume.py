@@ -106,7 +106,8 @@ class VolumeConfig(InputConfig):
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
         w = self.WHERE
-        for key, low in (("size", 8), ("translate", 0), ("crop_margin", 0), ("ct_divisor", None), ("reference_dose", None)):
+        for key, low in (("size", 8), ("translate", 0), ("crop_margin", 0), ("ct_divisor", None),
+                         ("reference_dose", None)):
             set_(key, config_number(w, key, getattr(self, key), low))
         set_("targets", roi_names(w, "targets", self.targets))
         set_("oars", roi_names(w, "oars", self.oars))
