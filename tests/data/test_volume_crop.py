@@ -11,7 +11,7 @@ import torch
 from mddose.data.inputs.volume import VolumeConfig, native_volume
 from mddose.data.inputs.volume_crop import (
     CropPatchDataset, channel_pad, crop_box, crop_to_patient, extract_patch, padded_shape, patch_start,
-    patient_to_crop, predict_crop,
+    patient_to_crop, predict_crop, predict_windows, window_starts,
 )
 from mddose.data.patient import Patient
 from mddose.data.phantom import make_phantom, write_phantoms
@@ -45,7 +45,7 @@ def _cfg(**kw) -> VolumeConfig:
 # ---------------------------------------------------------------------------------------------- config
 def test_config_defaults_and_old_configs():
     old = VolumeConfig(size=64).to_dict()
-    for key in ("grid", "crop_margin"):
+    for key in ("grid", "crop_margin", "crop_predict"):
         del old[key]                                 # a config written before the geometry choice
     cfg = VolumeConfig.from_dict(json.loads(json.dumps(old)))
     assert cfg.grid == "resample" and cfg == VolumeConfig(size=64)
@@ -53,9 +53,10 @@ def test_config_defaults_and_old_configs():
     assert VolumeConfig.from_dict(json.loads(json.dumps(crop.to_dict()))) == crop
 
 
-@pytest.mark.parametrize("bad", [{"grid": "cube"}, {"grid": 1}, {"crop_margin": -1}, {"crop_margin": 1.5}])
+@pytest.mark.parametrize("bad", [{"grid": "cube"}, {"grid": 1}, {"crop_margin": -1}, {"crop_margin": 1.5},
+                                 {"crop_predict": "tiles"}])
 def test_config_rejects_bad_geometry(bad):
-    with pytest.raises(MddoseError, match="^volume config: (grid|crop_margin)"):
+    with pytest.raises(MddoseError, match="^volume config: (grid|crop_margin|crop_predict)"):
         VolumeConfig.from_dict(bad)
 
 
@@ -199,11 +200,13 @@ def test_dataset_refuses_no_dose_and_skips_bad_dirs(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- prediction
+@pytest.mark.parametrize("mode", ["whole", "windows"])
 @pytest.mark.parametrize("tta", [False, True])
-def test_predict_crop_pads_to_the_multiple_and_puts_back(tta):
-    """A flip-commuting 'model' (the PTV channel) through a crop (6, 7, 5) that is no multiple of 4."""
+def test_predict_crop_puts_back(tta, mode):
+    """A flip-commuting pointwise 'model' (the PTV channel) through a crop (6, 7, 5) that is no multiple of 4:
+    whole = one pass padded to (8, 8, 8); windows = one 16³ window (the crop is smaller than a patch)."""
     p = _boxed()
-    cfg = _cfg()
+    cfg = _cfg(crop_predict=mode)
     shapes = []
 
     def fn(x: torch.Tensor) -> torch.Tensor:
@@ -212,7 +215,47 @@ def test_predict_crop_pads_to_the_multiple_and_puts_back(tta):
         return x[:, 1:2]
 
     out = predict_crop(fn, p, cfg, 4, tta=tta)
-    assert shapes == [padded_shape((6, 7, 5), 4)] * (4 if tta else 1) == [(8, 8, 8)] * (4 if tta else 1)
+    one = padded_shape((6, 7, 5), 4) if mode == "whole" else (16, 16, 16)
+    assert shapes == [one] * (4 if tta else 1) and (mode == "windows" or one == (8, 8, 8))
     expect = np.where(p.dose_mask(), p.masks["PTV"] * np.float32(60 / 70) * np.float32(70), 0)
     np.testing.assert_allclose(out, expect, rtol=1e-6, atol=0)
     assert out.shape == p.shape and (out[~p.dose_mask()] == 0).all()
+
+
+@pytest.mark.parametrize("n,size", [(5, 8), (8, 8), (9, 8), (20, 8), (33, 16)])
+def test_window_starts_cover_the_axis(n, size):
+    starts = window_starts(n, size, size // 2)
+    covered = np.zeros(n, int)
+    for s0 in starts:
+        covered[max(s0, 0):min(s0 + size, n)] += 1
+        assert (s0 >= 0 and s0 + size <= n) if n > size else (s0 <= 0 and s0 + size >= n)
+    assert (covered >= 1).all() and starts == sorted(set(starts))
+
+
+def _reference_windows(fn, a: np.ndarray, size: int, pad: np.ndarray) -> np.ndarray:
+    """Plain twin of predict_windows: each window cut with extract_patch, its output summed where it lies."""
+    acc, cnt = np.zeros(a.shape[1:]), np.zeros(a.shape[1:])
+    for z0 in window_starts(a.shape[1], size, size // 2):
+        for y0 in window_starts(a.shape[2], size, size // 2):
+            for x0 in window_starts(a.shape[3], size, size // 2):
+                y = fn(torch.from_numpy(extract_patch(a, (z0, y0, x0), size, pad))[None])[0, 0].numpy()
+                for zz, yy, xx in np.ndindex(*a.shape[1:]):
+                    i, j, k = zz - z0, yy - y0, xx - x0
+                    if 0 <= i < size and 0 <= j < size and 0 <= k < size:
+                        acc[zz, yy, xx] += y[i, j, k]
+                        cnt[zz, yy, xx] += 1
+    return acc / cnt
+
+
+def test_predict_windows_matches_reference():
+    """A model that sees its whole window (each output voxel: itself minus the window's mean) over a crop larger
+    than the window along two axes and smaller along one."""
+    a = np.random.default_rng(1).random((2, 13, 6, 10)).astype(np.float32)
+    pad = np.array([-1.0, 0.5], np.float32)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return x[:, :1] - x.mean(dim=(1, 2, 3, 4), keepdim=True)
+
+    out = predict_windows(fn, torch.from_numpy(a)[None], 8, pad)
+    assert out.shape == (1, 1, 13, 6, 10)
+    np.testing.assert_allclose(out[0, 0].numpy(), _reference_windows(fn, a, 8, pad), rtol=1e-5, atol=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -82,7 +83,7 @@ def test_regression_training_learns_and_keeps_the_best(tmp_path):
     assert "grid_size" not in meta["model"] and meta["volume_config"]["size"] == 16
     assert "volume" not in meta["train_config"] and b.train_config.inputs == b.volume_config
     assert meta["volume_config"]["grid"] == "resample"
-    for key in ("grid", "crop_margin"):      # a checkpoint written before the geometry choice loads unchanged
+    for key in ("grid", "crop_margin", "crop_predict"):      # a checkpoint written before the geometry choice loads unchanged
         del meta["volume_config"][key]
     (best / "config.json").write_text(json.dumps(meta))
     assert load_checkpoint(best).volume_config == b.volume_config
@@ -143,3 +144,7 @@ def test_crop_training_records_the_geometry_and_prediction_uses_it(tmp_path):
     inside = np.zeros(p.shape, bool)
     inside[box] = True
     assert dose.shape == p.shape and (dose[~(inside & p.dose_mask())] == 0).all() and dose.max() > 0
+    assert b.volume_config.crop_predict == "windows"
+    with torch.no_grad():                    # the whole crop in one pass (padded to a multiple of 4)
+        whole = predict_crop(b.model, p, dataclasses.replace(b.volume_config, crop_predict="whole"), 4)
+    assert whole.shape == p.shape and (whole[~(inside & p.dose_mask())] == 0).all() and not np.array_equal(whole, dose)

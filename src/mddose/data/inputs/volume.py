@@ -58,6 +58,8 @@ TARGET_CHANNELS = ("sum", "max")
 #: The geometries of :attr:`VolumeConfig.grid`: whole patients resampled to ``size``³, or the possible-dose box
 #: at the original voxel size (``size``³ training patches).
 GRIDS = ("resample", "crop")
+#: How a crop is predicted (:attr:`VolumeConfig.crop_predict`).
+CROP_PREDICT = ("windows", "whole")
 #: HU of air: the CT channel's padding value is ``clip(AIR_HU) / ct_divisor``.
 AIR_HU = -1000.0
 #: C3D's augmentation probabilities and rotation step.
@@ -86,6 +88,8 @@ class VolumeConfig(InputConfig):
         grid: ``"resample"`` (whole patient on S³) or ``"crop"`` (the possible-dose box + ``crop_margin`` at the
             original voxel size; see :mod:`mddose.data.inputs.volume_crop`).
         crop_margin: voxels added on each side of the possible-dose box (``grid="crop"``), clipped to the grid.
+        crop_predict: ``grid="crop"``: predict the mean over overlapping S³ windows (``"windows"``, what the
+            model was trained on) or the whole crop in one pass (``"whole"``).
     """
 
     size: int = 128
@@ -100,6 +104,7 @@ class VolumeConfig(InputConfig):
     translate: int = 20
     grid: str = "resample"
     crop_margin: int = 8
+    crop_predict: str = "windows"
 
     WHERE = "volume config"
 
@@ -119,6 +124,8 @@ class VolumeConfig(InputConfig):
             raise MddoseError(f"{w}: target_channel must be one of {TARGET_CHANNELS}, got {self.target_channel!r}")
         if self.grid not in GRIDS:
             raise MddoseError(f"{w}: grid must be one of {GRIDS}, got {self.grid!r}")
+        if self.crop_predict not in CROP_PREDICT:
+            raise MddoseError(f"{w}: crop_predict must be one of {CROP_PREDICT}, got {self.crop_predict!r}")
         for key in ("flip", "rotate"):
             flag(w, key, getattr(self, key))
 

@@ -25,6 +25,7 @@ The round trip crop → :func:`crop_to_patient` is exact on the box (up to the f
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
@@ -142,9 +143,47 @@ def patch_start(mask: np.ndarray, size: int, gen: torch.Generator) -> tuple[int,
     return tuple(out)  # type: ignore[return-value]
 
 
+def window_starts(n: int, size: int, stride: int) -> list[int]:
+    """Origins of ``size``-long windows along an axis of ``n`` voxels: every ``stride`` from 0, the last flush with
+    the end; one window centred on the axis (negative origin: it reaches past both ends) when ``n`` ≤ ``size``."""
+    if n <= size:
+        return [-((size - n) // 2)]
+    out = list(range(0, n - size + 1, stride))
+    return out if out[-1] == n - size else out + [n - size]
+
+
+def predict_windows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int,
+                    pad: np.ndarray) -> torch.Tensor:
+    """Mean of ``fn`` over overlapping ``size``³ windows (stride ``size // 2``, :func:`window_starts`) of ``x``.
+
+    Args:
+        fn: (1, C, S, S, S) → (1, 1, S, S, S). x: (1, C, z, y, x). pad: (C,) value of the voxels outside ``x``.
+
+    Returns:
+        (1, 1, z, y, x): each voxel the mean over the windows that hold it.
+    """
+    shape = tuple(x.shape[2:])
+    starts = [window_starts(n, size, max(size // 2, 1)) for n in shape]
+    before = [-min(st[0], 0) for st in starts]
+    big_shape = [max(n, size) for n in shape]
+    big = torch.as_tensor(pad, dtype=x.dtype, device=x.device).view(1, -1, 1, 1, 1).expand(
+        1, x.shape[1], *big_shape).clone()
+    big[(slice(None), slice(None), *(slice(b, b + n) for b, n in zip(before, shape)))] = x
+    acc = torch.zeros((1, 1, *shape), dtype=torch.float32, device=x.device)
+    count = torch.zeros(shape, dtype=torch.float32, device=x.device)
+    for origin in itertools.product(*starts):
+        y = fn(big[(slice(None), slice(None), *(slice(o + b, o + b + size) for o, b in zip(origin, before)))])
+        src = tuple(slice(max(o, 0), min(o + size, n)) for o, n in zip(origin, shape))
+        dst = tuple(slice(s_.start - o, s_.stop - o) for s_, o in zip(src, origin))
+        acc[(slice(None), slice(None), *src)] += y[(slice(None), slice(None), *dst)].float()
+        count[src] += 1.0
+    return acc / count
+
+
 def predict_crop(fn: Callable[[torch.Tensor], torch.Tensor], patient: Patient, cfg: VolumeConfig, multiple: int, *,
                  tta: bool = False, device: torch.device | str = "cpu") -> np.ndarray:
-    """The dose of one patient from a fully convolutional model run on its whole crop.
+    """The dose of one patient from a fully convolutional model run on its crop (``cfg.crop_predict``: the whole
+    crop in one pass, or the mean over overlapping ``size``³ windows, the patches' size).
 
     Args:
         fn: (1, C, z', y', x') → (1, 1, z', y', x'), sides multiples of ``multiple`` (call under no_grad).
@@ -155,11 +194,17 @@ def predict_crop(fn: Callable[[torch.Tensor], torch.Tensor], patient: Patient, c
     """
     arr = patient_to_crop(patient, cfg)
     shape = arr.cond.shape[1:]
+    pad = channel_pad(cfg, arr.cond.shape[0])
+    if cfg.crop_predict == "windows":
+        x = torch.from_numpy(arr.cond)[None].to(device)
+        run = lambda t: predict_windows(fn, t, cfg.size, pad)  # noqa: E731
+        out = tta_predict(run, x, cfg) if tta else run(x)
+        return crop_to_patient(out[0], patient, cfg, arr.box)
     cond = arr.cond
     full = padded_shape(shape, multiple)
     if full != shape:
         cond = np.empty((cond.shape[0], *full), dtype=np.float32)
-        cond[...] = channel_pad(cfg, cond.shape[0]).reshape(-1, 1, 1, 1)
+        cond[...] = pad.reshape(-1, 1, 1, 1)
         cond[(slice(None), *(slice(0, n) for n in shape))] = arr.cond
     x = torch.from_numpy(np.ascontiguousarray(cond))[None].to(device)
     out = tta_predict(fn, x, cfg) if tta else fn(x)
