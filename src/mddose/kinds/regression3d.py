@@ -8,7 +8,7 @@
 * objective: masked L1 inside the possible-dose mask over the model's weighted outputs (C3D: ``0.5 · L1(A) +
   L1(B)``), validated by one forward pass per patient;
 * prediction: the whole volume in one pass — by default the mean of four flips (option ``tta``) — resampled back
-  (``grid: "crop"``: the whole crop, padded to the model's side multiple, put back in its box;
+  (``grid: "crop"``: the crop by overlapping ``size``³ windows or in one pass, put back in its box;
   :func:`predict_patient`).
 
 The network: ``model(cond (B, C, S, S, S)) -> (B, 1, S, S, S)``; ``model.training_outputs(cond)`` returns
@@ -116,7 +116,8 @@ def input_multiple(model: nn.Module) -> int:
 def predict_patient(model: nn.Module, patient, vol_cfg: VolumeConfig, *, tta: bool = False,
                     device: torch.device | str = "cpu") -> np.ndarray:
     """(Z, Y, X) float32 Gy of one patient on its grid, in the geometry of ``vol_cfg.grid``: the ``size``³
-    volume resampled back (``"resample"``) or the whole crop put back in its box (``"crop"``)."""
+    volume resampled back (``"resample"``) or the crop (windows or whole, ``crop_predict``) put back in its box
+    (``"crop"``)."""
     from mddose.data.inputs.volume import patient_to_volume, volume_to_patient
 
     if vol_cfg.grid == "crop":

@@ -11,14 +11,17 @@
   (:func:`channel_pad`: air for the CT channel, 0 for the others; dose and mask 0). Then C3D's flips and
   axial rotation (:func:`~mddose.data.inputs.volume.augment_volume` without its translation: the patch
   position is already random).
-* **Prediction** (:func:`predict_crop`): the whole crop in one pass (fully convolutional), padded at its
-  far end up to a multiple of the model's ``2^(levels-1)`` per axis (optionally the mean of four flips),
-  the padding cut off, then put back on the patient's grid (:func:`crop_to_patient`: zero outside the box
-  and outside the possible-dose mask, × reference_dose, clip ≥ 0). One pass fits: on the 2-core CPU (contended),
-  a 128 × 80 × 128 crop (larger than any of the shared validation patients' crops with margin 8, which are
-  50–120 × 67–80 × 54–120) takes 2.5 s and 1.15 GB peak RSS with HD-UNet ``small``, 6.2 s and 1.7 GB with
-  ``paper`` (forward, no gradient), so there are no sliding windows. Trained on patches, predicted on the whole
-  crop: the instance norms see the crop's statistics rather than a patch's (crops are ~1–4 patches of 64³).
+* **Prediction** (:func:`predict_crop`, optionally the mean of four flips), then put back on the patient's grid
+  (:func:`crop_to_patient`: zero outside the box and outside the possible-dose mask, × reference_dose, clip ≥ 0).
+  ``cfg.crop_predict``: ``"windows"`` (default): the mean over ``size``³ windows overlapping by half
+  (:func:`predict_windows`), what the model saw in training; ``"whole"``: the whole crop in one pass (fully
+  convolutional), padded at its far end up to a multiple of the model's ``2^(levels-1)`` per axis. Both fit in
+  memory: on the 2-core CPU (contended) a 128 × 80 × 128 crop (larger than any of the shared validation
+  patients' crops with margin 8, 50–120 × 67–80 × 54–120) takes 2.5 s and 1.15 GB peak RSS in one pass with
+  HD-UNet ``small`` (``paper``: 6.2 s, 1.7 GB), a 64³ window 0.5 s. But HD-UNet's instance norms normalise over
+  what they see: a model trained on 64³ patches and run on the whole crop sees other statistics, and scored
+  worse on every validation patient measured (HD-UNet ``small`` after 40 steps, no TTA: 10.8 / 8.9 / 10.0 Gy
+  by windows against 17.7 / 10.5 / 14.9 Gy whole, pt_201–203), hence windows by default (≈ 4× the compute).
 
 The round trip crop → :func:`crop_to_patient` is exact on the box (up to the float32 ``÷ × reference_dose``).
 """
