@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -81,6 +82,11 @@ def test_regression_training_learns_and_keeps_the_best(tmp_path):
     # each setting once: the grid as the input config's size, the input config outside the train config
     assert "grid_size" not in meta["model"] and meta["volume_config"]["size"] == 16
     assert "volume" not in meta["train_config"] and b.train_config.inputs == b.volume_config
+    assert meta["volume_config"]["grid"] == "resample"
+    for key in ("grid", "crop_margin", "crop_predict"):      # a checkpoint written before the geometry choice loads unchanged
+        del meta["volume_config"][key]
+    (best / "config.json").write_text(json.dumps(meta))
+    assert load_checkpoint(best).volume_config == b.volume_config
 
 
 @pytest.mark.parametrize("model,key", [("c3d", "slices"), ("md-dose", "volume")])
@@ -108,3 +114,37 @@ def test_unknown_structure_encoder_is_refused_before_any_data(tmp_path):
                          data=DataConfig(train=str(tmp_path / "nowhere")))
     with pytest.raises(MddoseError, match="structure_encoder"):
         train(cfg, tmp_path / "run", progress=False)
+
+
+def test_crop_training_records_the_geometry_and_prediction_uses_it(tmp_path):
+    """grid "crop" end to end: 2 steps of hd-unet tiny on 16³ patches, then a whole crop that is no multiple of
+    2^(levels-1) = 4 predicted through the checkpoint (TTA), zero outside its box and the possible-dose mask."""
+    from mddose.data.inputs.volume_crop import crop_box, predict_crop
+    from mddose.data.phantom import make_phantom
+    from mddose.predict.patient import predict_patient
+    from mddose.train.checkpoint import load_checkpoint
+    from mddose.train.trainer import train
+
+    cfg = _volume_config(epochs=1, batch_size=1, val_every=1, inputs={"size": 16, "grid": "crop", "crop_margin": 1})
+    best = train(cfg, tmp_path / "run", progress=False)
+    assert len((tmp_path / "run" / "logs" / "train.csv").read_text().splitlines()[1:]) == 2
+    val = (tmp_path / "run" / "logs" / "val.csv").read_text().splitlines()[1:]
+    assert len(val) == 1 and np.isfinite(float(val[0].split(",")[2]))
+    meta = json.loads((best / "config.json").read_text())
+    assert meta["volume_config"]["grid"] == "crop" and meta["volume_config"]["crop_margin"] == 1
+    b = load_checkpoint(best)
+    assert b.volume_config.grid == "crop" and b.model.config.grid_size == 16
+    p = make_phantom(7, 32)
+    box = crop_box(p.dose_mask(), 1)
+    assert any((s.stop - s.start) % 4 for s in box)
+    dose = predict_patient(b, p, tta=True).dose
+    with torch.no_grad():
+        expect = predict_crop(b.model, p, b.volume_config, 4, tta=True)
+    np.testing.assert_array_equal(dose, expect)
+    inside = np.zeros(p.shape, bool)
+    inside[box] = True
+    assert dose.shape == p.shape and (dose[~(inside & p.dose_mask())] == 0).all() and dose.max() > 0
+    assert b.volume_config.crop_predict == "windows"
+    with torch.no_grad():                    # the whole crop in one pass (padded to a multiple of 4)
+        whole = predict_crop(b.model, p, dataclasses.replace(b.volume_config, crop_predict="whole"), 4)
+    assert whole.shape == p.shape and (whole[~(inside & p.dose_mask())] == 0).all() and not np.array_equal(whole, dose)

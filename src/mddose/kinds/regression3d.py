@@ -2,10 +2,14 @@
 
 * inputs: :class:`~mddose.data.inputs.volume.VolumeConfig` (train config section ``volume``, checkpoint key
   ``volume_config``); its ``size`` is the grid the model is built for (the model config's ``grid_size``);
-  training data: whole volumes resampled to that grid, augmented as C3D (:class:`VolumeDataset`);
+  training data: whole volumes resampled to that grid, augmented as C3D (:class:`VolumeDataset`), or with
+  ``grid: "crop"`` random ``size``³ patches of the possible-dose box at the original voxel size
+  (:class:`~mddose.data.inputs.volume_crop.CropPatchDataset`);
 * objective: masked L1 inside the possible-dose mask over the model's weighted outputs (C3D: ``0.5 · L1(A) +
   L1(B)``), validated by one forward pass per patient;
-* prediction: the whole volume in one pass — by default the mean of four flips (option ``tta``) — resampled back.
+* prediction: the whole volume in one pass — by default the mean of four flips (option ``tta``) — resampled back
+  (``grid: "crop"``: the crop by overlapping ``size``³ windows or in one pass, put back in its box;
+  :func:`predict_patient`).
 
 The network: ``model(cond (B, C, S, S, S)) -> (B, 1, S, S, S)``; ``model.training_outputs(cond)`` returns
 ``[(weight, prediction), ...]`` for deep supervision.
@@ -38,7 +42,11 @@ def _volume_dataset(items: list, vcfg: VolumeConfig, seed: int, progress: bool
     that fail, and the dataset is built from the others.
     """
     from mddose.data.inputs.volume import VolumeDataset, patient_to_volume
+    from mddose.data.inputs.volume_crop import CropPatchDataset, patient_to_crop
     from mddose.data.io import load_patient
+
+    dataset, process = (CropPatchDataset, patient_to_crop) if vcfg.grid == "crop" else (VolumeDataset,
+                                                                                         patient_to_volume)
 
     def loaded(item):
         return item if not isinstance(item, (str, Path)) else load_patient(item)
@@ -53,25 +61,26 @@ def _volume_dataset(items: list, vcfg: VolumeConfig, seed: int, progress: bool
         except Exception as exc:  # noqa: BLE001 - any failure of one patient: report it and go on
             skipped.append(skip_item(item, exc))
     try:
-        ds = VolumeDataset(good, vcfg, augment=True, seed=seed, progress=progress)
-        return ds, skipped + ds.bad                 # each patient the dataset could not use, named
+        ds = dataset(good, vcfg, augment=True, seed=seed, progress=progress)
+        return ds, skipped + list(getattr(ds, "bad", []))      # each patient the dataset could not use, named
     except Exception as exc:  # noqa: BLE001 - find the patient(s) that fail to process
         logger.warning("building the volume dataset failed (%s); checking each patient", describe_error(exc))
     usable = []
     for item in good:
         try:
-            patient_to_volume(loaded(item), vcfg)
+            process(loaded(item), vcfg)
             usable.append(item)
         except Exception as exc:  # noqa: BLE001
             skipped.append(skip_item(item, exc))
     if not usable:
         raise MddoseError("no usable training patients" + (f" ({skipped[0][1]})" if skipped else ""))
-    ds = VolumeDataset(usable, vcfg, augment=True, seed=seed, progress=progress)
-    return ds, skipped + ds.bad
+    ds = dataset(usable, vcfg, augment=True, seed=seed, progress=progress)
+    return ds, skipped + list(getattr(ds, "bad", []))
 
 
 def build_volume_data(cfg, *, progress: bool = False) -> TrainData:
-    """Whole volumes of the training patients of train config ``cfg``, resampled to ``cfg.inputs.size``³."""
+    """Whole volumes of the training patients of train config ``cfg``, resampled to ``cfg.inputs.size``³ (or
+    their crops, served as ``size``³ patches, with ``grid: "crop"``)."""
     from mddose.data.inputs.common import with_targets
     from mddose.data.sources import training_sources
 
@@ -103,21 +112,39 @@ def predict_volume(model: nn.Module, cond: np.ndarray, *, tta: bool = False, vol
     return out[0].float().cpu().numpy()
 
 
+def input_multiple(model: nn.Module) -> int:
+    """The side multiple a 3D model's input needs: 2^(levels-1) of its config."""
+    return 2 ** (int(model.config.levels) - 1)
+
+
+@torch.no_grad()
+def predict_patient(model: nn.Module, patient, vol_cfg: VolumeConfig, *, tta: bool = False,
+                    device: torch.device | str = "cpu") -> np.ndarray:
+    """(Z, Y, X) float32 Gy of one patient on its grid, in the geometry of ``vol_cfg.grid``: the ``size``³
+    volume resampled back (``"resample"``) or the crop (windows or whole, ``crop_predict``) put back in its box
+    (``"crop"``)."""
+    from mddose.data.inputs.volume import patient_to_volume, volume_to_patient
+
+    if vol_cfg.grid == "crop":
+        from mddose.data.inputs.volume_crop import predict_crop
+        return predict_crop(model, patient, vol_cfg, input_multiple(model), tta=tta, device=device)
+    arr = patient_to_volume(patient, vol_cfg)
+    return volume_to_patient(predict_volume(model, arr.cond, tta=tta, vol_cfg=vol_cfg, device=device),
+                             patient, vol_cfg)
+
+
 @torch.no_grad()
 def volume_dose_score(model: nn.Module, patients: Sequence, vol_cfg: VolumeConfig, *, tta: bool = False,
                       device: torch.device | str = "cpu") -> float:
     """Mean over patients of the mean absolute dose error (Gy) inside the possible-dose mask, each patient
-    predicted whole and resampled back to its own grid (:func:`mddose.data.inputs.volume.volume_to_patient`)."""
-    from mddose.data.inputs.volume import patient_to_volume, volume_to_patient
-
+    predicted whole and put back on its own grid (:func:`predict_patient`)."""
     was_training = model.training
     model.eval()
     scores = []
     for p in patients:
         if p.dose is None:
             continue
-        arr = patient_to_volume(p, vol_cfg)
-        dose = volume_to_patient(predict_volume(model, arr.cond, tta=tta, vol_cfg=vol_cfg, device=device), p, vol_cfg)
+        dose = predict_patient(model, p, vol_cfg, tta=tta, device=device)
         mask = p.dose_mask()
         if mask.any():
             scores.append(float(np.abs(dose - p.dose)[mask].mean()))
@@ -185,15 +212,12 @@ class Regression3D(ModelKind):
         return RegressionObjective(cfg)
 
     def predict(self, bundle, patient, opts: dict, *, batch: int, seed: int, progress: bool):
-        """The whole volume in one pass (TTA: mean of four flips), back to the patient's grid; ``(dose, None)``."""
-        from mddose.data.inputs.volume import patient_to_volume, volume_to_patient
-
-        vol_cfg = bundle.data_config
+        """The whole volume (or crop) in one pass (TTA: mean of four flips), back to the patient's grid;
+        ``(dose, None)``."""
         device = next(bundle.model.parameters()).device
-        arrays = patient_to_volume(patient, vol_cfg)
         with torch.inference_mode():
-            pred = predict_volume(bundle.model, arrays.cond, tta=opts["tta"], vol_cfg=vol_cfg, device=device)
-        return volume_to_patient(pred, patient, vol_cfg).astype(np.float32), None
+            dose = predict_patient(bundle.model, patient, bundle.data_config, tta=opts["tta"], device=device)
+        return dose.astype(np.float32), None
 
     def iteration(self, model: nn.Module, channels: int, size: int,
                   device: str = "cpu") -> tuple[Callable[[], Any], str]:

@@ -6,6 +6,9 @@
 * :mod:`~mddose.data.inputs.slice_cache` — the on-disk cache of slices, assembled into a dataset;
 * :mod:`~mddose.data.inputs.slice_dataset` — :class:`SliceDataset` (a torch ``Dataset``) over that cache;
 * :mod:`~mddose.data.inputs.volume` — whole 3D volumes (the regression baselines), :class:`VolumeDataset`;
+* :mod:`~mddose.data.inputs.volume_crop` — the full-resolution 3D geometry (``grid: "crop"``): the
+  possible-dose box at the original voxel size, :class:`CropPatchDataset` of training patches, whole-crop
+  prediction;
 * :mod:`~mddose.data.inputs.resample` — the per-axis volume resampling those use;
 * :mod:`~mddose.data.inputs.volume_augment` — C3D's 3D augmentation and test-time augmentation.
 """

@@ -28,6 +28,11 @@ shift of up to ``translate`` voxels per axis, drawn inside the range that keeps 
 region's bounding box on the grid. Voxels that enter the grid are padded with air for the CT channel
 (``clip(-1000 HU) / ct_divisor``) and 0 for every other channel, the dose and the mask.
 **Test-time augmentation** (:func:`tta_predict`): mean over the flips none, z, x, z+x.
+
+**Grid** (``cfg.grid``): ``"resample"`` (the default) is the geometry above, whole patients on ``size``³.
+``"crop"`` keeps the original voxel size: the patient is cut to the possible-dose box widened by
+``crop_margin`` voxels, training draws ``size``³ patches inside it and prediction runs on the whole crop
+(:mod:`mddose.data.inputs.volume_crop`). The channels are the same (:func:`native_volume`) either way.
 """
 
 from __future__ import annotations
@@ -51,6 +56,11 @@ from mddose.utils.fs import describe_error
 from mddose.utils.log import logger
 
 TARGET_CHANNELS = ("sum", "max")
+#: The geometries of :attr:`VolumeConfig.grid`: whole patients resampled to ``size``³, or the possible-dose box
+#: at the original voxel size (``size``³ training patches).
+GRIDS = ("resample", "crop")
+#: How a crop is predicted (:attr:`VolumeConfig.crop_predict`).
+CROP_PREDICT = ("windows", "whole")
 #: HU of air: the CT channel's padding value is ``clip(AIR_HU) / ct_divisor``.
 AIR_HU = -1000.0
 #: C3D's augmentation probabilities and rotation step.
@@ -64,7 +74,8 @@ class VolumeConfig(InputConfig):
     """How patients become whole model volumes (JSON-serialisable; stored with every 3D checkpoint).
 
     Attributes:
-        size: the model's cubic grid edge S; patients are resampled to S³ when their grid differs.
+        size: the model's cubic grid edge S: ``grid="resample"``: patients are resampled to S³ when their grid
+            differs; ``grid="crop"``: the edge of the training patches (the model's ``grid_size``).
         targets: target ROI names merged into the PTV channel.
         oars: OAR names, one channel each, in this order.
         ct_clip: (low, high) HU window.
@@ -74,7 +85,12 @@ class VolumeConfig(InputConfig):
         flip: augmentation: with p 0.8, flip z (p 0.5) and x (p 0.5, swapping L/R OAR channels).
         rotate: augmentation: with p 0.3, rotate in the axial plane by a random multiple of 40° (nearest).
         translate: augmentation: random shift up to this many voxels per axis keeping the possible-dose
-            region on the grid; 0 = off.
+            region on the grid; 0 = off (``grid="crop"``: not used, the patches' positions are random).
+        grid: ``"resample"`` (whole patient on S³) or ``"crop"`` (the possible-dose box + ``crop_margin`` at the
+            original voxel size; see :mod:`mddose.data.inputs.volume_crop`).
+        crop_margin: voxels added on each side of the possible-dose box (``grid="crop"``), clipped to the grid.
+        crop_predict: ``grid="crop"``: predict the mean over overlapping S³ windows (``"windows"``, what the
+            model was trained on) or the whole crop in one pass (``"whole"``).
         priors: dose priors as extra channels (a :class:`~mddose.data.priors.PriorsSpec`, JSON object, or None:
             none), after the others (:mod:`mddose.data.inputs.prior_channels`).
     """
@@ -89,6 +105,9 @@ class VolumeConfig(InputConfig):
     flip: bool = True
     rotate: bool = True
     translate: int = 20
+    grid: str = "resample"
+    crop_margin: int = 8
+    crop_predict: str = "windows"
     priors: Any = None
 
     WHERE = "volume config"
@@ -96,7 +115,8 @@ class VolumeConfig(InputConfig):
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
         w = self.WHERE
-        for key, low in (("size", 8), ("translate", 0), ("ct_divisor", None), ("reference_dose", None)):
+        for key, low in (("size", 8), ("translate", 0), ("crop_margin", 0), ("ct_divisor", None),
+                         ("reference_dose", None)):
             set_(key, config_number(w, key, getattr(self, key), low))
         set_("targets", roi_names(w, "targets", self.targets))
         set_("oars", roi_names(w, "oars", self.oars))
@@ -106,6 +126,10 @@ class VolumeConfig(InputConfig):
         set_("ct_clip", ct_window(w, self.ct_clip))
         if self.target_channel not in TARGET_CHANNELS:
             raise MddoseError(f"{w}: target_channel must be one of {TARGET_CHANNELS}, got {self.target_channel!r}")
+        if self.grid not in GRIDS:
+            raise MddoseError(f"{w}: grid must be one of {GRIDS}, got {self.grid!r}")
+        if self.crop_predict not in CROP_PREDICT:
+            raise MddoseError(f"{w}: crop_predict must be one of {CROP_PREDICT}, got {self.crop_predict!r}")
         for key in ("flip", "rotate"):
             flag(w, key, getattr(self, key))
         self._check_priors()
@@ -211,7 +235,8 @@ def patient_to_volume(patient: Patient, cfg: VolumeConfig) -> VolumeArrays:
     if patient.shape != grid:
         cond = to_grid(cond, grid)
         np.clip(cond[1], 0.0, None, out=cond[1])
-        np.clip(cond[2:2 + len(cfg.oars)], 0.0, 1.0, out=cond[2:2 + len(cfg.oars)])
+        oars = slice(2, 2 + len(cfg.oars))  # masks only: other channels may follow the OARs
+        np.clip(cond[oars], 0.0, 1.0, out=cond[oars])
         mask = (to_grid(mask, grid) >= 0.5).astype(np.float32)
         dose = None if dose is None else np.clip(to_grid(dose, grid), 0.0, None)
     return VolumeArrays(cond=np.ascontiguousarray(cond), dose=dose, mask=np.ascontiguousarray(mask),
