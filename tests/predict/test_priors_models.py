@@ -11,7 +11,8 @@ from mddose.train.config import DataConfig, TrainConfig
 PRIORS = {"names": ["sdf", "beam_sum", "prior_dose"]}
 
 
-@pytest.mark.parametrize("model, inputs", [("md-dose", {"size": 32}), ("hd-unet", {"size": 16})])
+@pytest.mark.parametrize("model, inputs", [("md-dose", {"size": 32}), ("hd-unet", {"size": 16}),
+                                           ("hd-unet", {"size": 16, "grid": "crop"})])
 def test_train_and_predict_with_priors(tmp_path, model, inputs):
     from mddose.predict.patient import predict_patient
     from mddose.train.checkpoint import load_checkpoint

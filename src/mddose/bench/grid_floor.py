@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from mddose.data.inputs.volume import VolumeConfig, patient_to_volume, volume_to_patient
-from mddose.data.inputs.volume_crop import crop_to_patient, patient_to_crop
+from mddose.data.inputs.volume_crop import crop_box, crop_to_patient, patient_to_crop
 from mddose.data.patient import Patient
 from mddose.evaluate.openkbp import OpenKBPScores, score_patient
 
@@ -64,8 +64,7 @@ def crop_sizes(patients: list[Patient], margin: int, channels: int) -> dict:
     """Each patient's crop shape, and the bytes of their crops in a CropPatchDataset of ``channels`` channels."""
     shapes = {}
     for p in patients:
-        arr_box = patient_to_crop(p, VolumeConfig(size=64, grid="crop", crop_margin=margin)).box
-        shapes[p.id] = [s.stop - s.start for s in arr_box]
+        shapes[p.id] = [s.stop - s.start for s in crop_box(p.dose_mask(), margin)]
     voxels = [int(np.prod(s)) for s in shapes.values()]
     per_voxel = 2 * channels + 2 + 1                 # float16 channels + float16 dose + bool mask
     return {"shapes": shapes, "voxels_mean": float(np.mean(voxels)), "voxels_max": max(voxels),
