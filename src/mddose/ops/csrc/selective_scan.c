@@ -360,6 +360,53 @@ static void flush_acc(job_t *j, real *restrict dst, real *restrict acc, int64_t 
     memset(acc, 0, (size_t)n * sizeof(real));
 }
 
+#if !defined(SCAN_DOUBLE) && defined(__GNUC__) && !defined(__clang__)
+#define HSUM_TREE 1
+typedef float vreal16 __attribute__((vector_size(64)));
+typedef int32_t vidx16 __attribute__((vector_size(64)));
+/* Lane sums of 16 vectors of 16 floats at once: r[n] = sum_w v[n * 16 + w].  A tree of four levels, each adding
+ * the two halves of every lane group of a vector pair (shuffle masks lo / hi per group width 8, 4, 2, 1):
+ * 15 x (2 shuffles + 1 add) instead of 16 separate horizontal sums.  Fed in bit-reversed order, the last
+ * level leaves sum n in lane n. */
+static inline vreal16 hsum16(const float *v) {
+    static const vidx16 m[8] = {
+        {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+        {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31},
+        {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
+        {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31},
+        {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
+        {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31},
+        {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30},
+        {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}
+    };
+    static const int br[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
+    vreal16 x[16];
+    for (int i = 0; i < 16; i++) x[i] = *(const vreal16 *)(v + br[i] * 16);
+    for (int lev = 0, cnt = 8; lev < 4; lev++, cnt /= 2)
+        for (int p = 0; p < cnt; p++)
+            x[p] = __builtin_shuffle(x[2 * p], x[2 * p + 1], m[2 * lev]) +
+                   __builtin_shuffle(x[2 * p], x[2 * p + 1], m[2 * lev + 1]);
+    return x[0];
+}
+#endif
+
+/* acc[n] += sum over the VW lanes of v[n * VW + w], n < N (v: N rows of VW, 64-byte aligned). */
+static inline void add_lane_sums(real *restrict acc, const real *restrict v, int64_t N) {
+    int64_t n = 0;
+#ifdef HSUM_TREE
+    for (; n + 16 <= N; n += 16) {
+        const vreal16 r = hsum16(v + n * VW);
+        for (int i = 0; i < 16; i++) acc[n + i] += r[i];
+    }
+#endif
+    for (; n < N; n++) {
+        real t = 0;
+#pragma omp simd reduction(+ : t)
+        for (int64_t w = 0; w < VW; w++) t += v[n * VW + w];
+        acc[n] += t;
+    }
+}
+
 /* Per-thread buffers of the backward. */
 typedef struct {
     real *line, *sig, *dtT, *uT, *dyT, *hbuf, *abuf, *accB[MAXK], *accC[MAXK];
@@ -402,6 +449,8 @@ static void bwd_direction(job_t *j, bwd_buf_t *bf, int64_t b, int64_t k, int64_t
     real dAacc[MAXN * VW] __attribute__((aligned(ALIGN)));
     real Dvec[VW] __attribute__((aligned(ALIGN)));
     real dDv[VW] __attribute__((aligned(ALIGN)));
+    real sbv[MAXN * VW] __attribute__((aligned(ALIGN)));   /* one step's dB / dC terms per (n, lane) */
+    real scv[MAXN * VW] __attribute__((aligned(ALIGN)));
     if (bg != bf->cur[k]) {
         if (bf->cur[k] >= 0) {
             flush_acc(j, j->dB + bf->cur[k] * L * N, bf->accB[k], L * N);
@@ -464,22 +513,21 @@ static void bwd_direction(job_t *j, bwd_buf_t *bf, int64_t b, int64_t k, int64_t
                 const real bn = Bl[n], cn = Cl[n];
                 const real *hp = hbuf + (i * N + n) * VW, *hc = hbuf + ((i + 1) * N + n) * VW;
                 const real *an = abuf + (i * N + n) * VW, *An = AT + n * VW;
-                real *dhn = dhc + n * VW, *dAn = dAacc + n * VW;
-                real sb = 0, sc = 0;
-#pragma omp simd reduction(+ : sb, sc) aligned(dv, dyv, s1, s2, dtu, hp, hc, an, An, dhn, dAn : ALIGN)
+                real *dhn = dhc + n * VW, *dAn = dAacc + n * VW, *sbn = sbv + n * VW, *scn = scv + n * VW;
+#pragma omp simd aligned(dv, dyv, s1, s2, dtu, hp, hc, an, An, dhn, dAn, sbn, scn : ALIGN)
                 for (int64_t w = 0; w < VW; w++) {
                     const real dh = cn * dyv[w] + dhn[w];
                     const real t = dh * an[w] * hp[w];
-                    sc += dyv[w] * hc[w];
-                    sb += dh * dtu[w];
+                    scn[w] = dyv[w] * hc[w];
+                    sbn[w] = dh * dtu[w];
                     s1[w] += dh * bn;
                     s2[w] += t * An[w];
                     dAn[w] += t * dv[w];
                     dhn[w] = an[w] * dh;
                 }
-                aB[n] += sb;
-                aC[n] += sc;
             }
+            add_lane_sums(aB, sbv, N);   /* dB[l, n], dC[l, n]: summed over the block's channels */
+            add_lane_sums(aC, scv, N);
 #pragma omp simd aligned(dv, uv, dyv, s1, s2, Dvec, dDv : ALIGN)
             for (int64_t w = 0; w < VW; w++) {   /* dtT[l] ← du, uT[l] ← d(delta) before softplus' */
                 const real du = Dvec[w] * dyv[w] + dv[w] * s1[w], dd = uv[w] * s1[w] + s2[w];
