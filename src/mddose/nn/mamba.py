@@ -19,6 +19,10 @@ the sequence in its original order (a reversed direction's causal conv becomes a
 kernel flipped), the directions' projections are batched matmuls whose outputs the scan reads through
 strides (:func:`mddose.ops.scan_multi.selective_scan_multi`), and the gated sum of the directions comes out
 of the scan directly. :func:`scan_directions_ref` is its plain twin (flipped copies, one branch at a time).
+:func:`run_mixer`'s fast path keeps every ``(B, d_inner, L)`` tensor channels-first and contiguous: the in- and
+out-projections are batched products on transposed views (:func:`in_projection`, :func:`out_projection`, manual
+backward), so neither the projections nor their gradients are copied, and the depthwise conv is a few
+multiply-adds of shifted slices (:func:`shift_conv_silu`, no padded copy).
 """
 
 from __future__ import annotations

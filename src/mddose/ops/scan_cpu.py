@@ -31,6 +31,8 @@ from torch import Tensor
 from mddose.utils.log import log_once
 
 SOURCE = Path(__file__).with_name("csrc") / "selective_scan.c"
+#: files SOURCE includes (part of the cache key)
+INCLUDES = (SOURCE.with_name("selective_scan_bwd.inc"),)
 CFLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC", "-pthread")
 #: added on x86 CPUs with AVX-512 (the compilers' default tuning keeps to 256-bit vectors; the kernel's
 #: channel blocks are one 512-bit vector, measured ~1.4x faster with it)
@@ -109,7 +111,7 @@ def _build(dtype: torch.dtype) -> ctypes.CDLL:
     sfx = "f64" if dtype == torch.float64 else "f32"
     defines = ("-DSCAN_DOUBLE",) if sfx == "f64" else ()
     cc = compiler()
-    src = SOURCE.read_bytes()
+    src = b"".join(p.read_bytes() for p in (SOURCE, *INCLUDES))
     key = hashlib.sha256(b"\0".join([src, " ".join(cflags() + LDFLAGS + defines).encode(),
                                      cc.encode(), _machine_id().encode()]))
     out_dir = cache_dir()
