@@ -1,7 +1,8 @@
 """Fast CPU selective scan: a fused C kernel (csrc/selective_scan.c) built lazily and called via ctypes.
 
 The kernel is compiled on first use with the system C compiler (``$CC`` or ``gcc``) using
-``-O3 -march=native -ffast-math -fopenmp-simd -pthread`` (compiled, then linked *without*
+``-O3 -march=native -ffast-math -fopenmp-simd -pthread`` (plus ``-mprefer-vector-width=512`` on x86 CPUs with
+AVX-512; the source is ``csrc/selective_scan.c`` with the backward in ``csrc/selective_scan_bwd.inc``) (compiled, then linked *without*
 ``-ffast-math`` so that ``crtfastmath.o`` does not switch the whole process to flush-to-zero), and
 cached in ``$MDDOSE_CACHE_DIR/kernels`` (default ``~/.cache/mddose/kernels``) under a name keyed by
 a hash of the source, the flags, the compiler command and the CPU (model and feature flags).
