@@ -243,9 +243,53 @@ static void load_params(const job_t *j, int64_t d0, int64_t nw, real *restrict A
     for (int64_t w = 0; w < VW; w++) Dvec[w] = w < nw && j->Dv ? j->Dv[d0 + w] : (real)0;
 }
 
+/* One direction's forward over the (L, VW) tiles: h (N, VW) from zero, yT += y, checkpoints of h every chunk steps.
+ * Always inlined, so that a constant N becomes the state loop's trip count. */
+static inline __attribute__((always_inline)) void scan_tile_fwd(
+        job_t *j, const int64_t N, int64_t b, int64_t d0, int64_t nw, int rv, const real *Bb, const real *Cb,
+        const real *restrict dtT, const real *restrict uT, const real *restrict AT, const real *restrict Dvec,
+        real *restrict h, real *restrict yT) {
+    const int64_t L = j->L, chunk = j->chunk, nch = j->nch, bsl = j->bs[2], csl = j->cs[2];
+    memset(h, 0, (size_t)(N * VW) * sizeof(real));
+    int64_t ci = 0, cnt = 0;
+    for (int64_t i = 0; i < L; i++) {
+        const int64_t l = rv ? L - 1 - i : i;
+        const real *dv = dtT + l * VW, *uv = uT + l * VW, *Bl = Bb + l * bsl, *Cl = Cb + l * csl;
+        real *yv = yT + l * VW;
+        real dtu[VW] __attribute__((aligned(ALIGN)));
+        real y[VW] __attribute__((aligned(ALIGN)));
+#pragma omp simd aligned(dv, uv, dtu, y, Dvec : ALIGN)
+        for (int64_t w = 0; w < VW; w++) {
+            dtu[w] = dv[w] * uv[w];
+            y[w] = Dvec[w] * uv[w];
+        }
+        for (int64_t n = 0; n < N; n++) {
+            const real bn = Bl[n], cn = Cl[n];
+            real *hn = h + n * VW;
+            const real *An = AT + n * VW;
+#pragma omp simd aligned(dv, dtu, y, hn, An : ALIGN)
+            for (int64_t w = 0; w < VW; w++) {
+                const real hv = FEXP(dv[w] * An[w]) * hn[w] + dtu[w] * bn;
+                hn[w] = hv;
+                y[w] += cn * hv;
+            }
+        }
+#pragma omp simd aligned(yv, y : ALIGN)
+        for (int64_t w = 0; w < VW; w++) yv[w] += y[w];
+        if (++cnt == chunk || i == L - 1) {   /* state at the end of chunk ci */
+            for (int64_t w = 0; w < nw; w++) {
+                real *ck = j->ckpt + ((b * j->dim + d0 + w) * nch + ci) * N;
+                for (int64_t n = 0; n < N; n++) ck[n] = h[n * VW + w];
+            }
+            ci++;
+            cnt = 0;
+        }
+    }
+}
+
 static void *fwd_worker(void *arg) {
     job_t *j = (job_t *)arg;
-    const int64_t L = j->L, N = j->N, dim = j->dim, chunk = j->chunk, K = j->K, Dk = j->dk, nch = j->nch;
+    const int64_t L = j->L, N = j->N, K = j->K, Dk = j->dk;
     real *line = alloc_zero((size_t)L), *dtT = alloc_zero((size_t)(L * VW)), *uT = alloc_zero((size_t)(L * VW));
     real *yT = alloc_zero((size_t)(L * VW));
     real h[MAXN * VW] __attribute__((aligned(ALIGN)));
@@ -261,44 +305,12 @@ static void *fwd_worker(void *arg) {
                 const int64_t d0 = k * Dk + c0, g = d0 / j->dpg;
                 const int rv = j->rev ? j->rev[k] != 0 : 0;
                 const real *Bb = j->Bm + b * j->bs[0] + g * j->bs[1], *Cb = j->Cm + b * j->cs[0] + g * j->cs[1];
-                const int64_t bsl = j->bs[2], csl = j->cs[2];
                 load_tiles(j, b, d0, nw, line, dtT, uT);
                 load_params(j, d0, nw, AT, Dvec);
-                memset(h, 0, (size_t)(N * VW) * sizeof(real));
-                int64_t ci = 0, cnt = 0;
-                for (int64_t i = 0; i < L; i++) {
-                    const int64_t l = rv ? L - 1 - i : i;
-                    const real *dv = dtT + l * VW, *uv = uT + l * VW, *Bl = Bb + l * bsl, *Cl = Cb + l * csl;
-                    real *yv = yT + l * VW;
-                    real dtu[VW] __attribute__((aligned(ALIGN)));
-                    real y[VW] __attribute__((aligned(ALIGN)));
-#pragma omp simd aligned(dv, uv, dtu, y, Dvec : ALIGN)
-                    for (int64_t w = 0; w < VW; w++) {
-                        dtu[w] = dv[w] * uv[w];
-                        y[w] = Dvec[w] * uv[w];
-                    }
-                    for (int64_t n = 0; n < N; n++) {
-                        const real bn = Bl[n], cn = Cl[n];
-                        real *hn = h + n * VW;
-                        const real *An = AT + n * VW;
-#pragma omp simd aligned(dv, dtu, y, hn, An : ALIGN)
-                        for (int64_t w = 0; w < VW; w++) {
-                            const real hv = FEXP(dv[w] * An[w]) * hn[w] + dtu[w] * bn;
-                            hn[w] = hv;
-                            y[w] += cn * hv;
-                        }
-                    }
-#pragma omp simd aligned(yv, y : ALIGN)
-                    for (int64_t w = 0; w < VW; w++) yv[w] += y[w];
-                    if (++cnt == chunk || i == L - 1) {   /* state at the end of chunk ci */
-                        for (int64_t w = 0; w < nw; w++) {
-                            real *ck = j->ckpt + ((b * dim + d0 + w) * nch + ci) * N;
-                            for (int64_t n = 0; n < N; n++) ck[n] = h[n * VW + w];
-                        }
-                        ci++;
-                        cnt = 0;
-                    }
-                }
+                if (N == 16)   /* the usual state size: a compile-time trip count for the state loop */
+                    scan_tile_fwd(j, 16, b, d0, nw, rv, Bb, Cb, dtT, uT, AT, Dvec, h, yT);
+                else
+                    scan_tile_fwd(j, N, b, d0, nw, rv, Bb, Cb, dtT, uT, AT, Dvec, h, yT);
             }
             for (int64_t l0 = 0; l0 < L; l0 += TB)   /* (L, VW) tile → output rows, gated */
                 for (int64_t w = 0; w < nw; w++) {
