@@ -110,3 +110,60 @@ def test_shift_conv_gradcheck_float64(reverse):
     w = torch.randn(len(reverse), 3, 4, generator=g, dtype=torch.float64).requires_grad_()
     b = torch.randn(len(reverse), 3, generator=g, dtype=torch.float64).requires_grad_()
     assert torch.autograd.gradcheck(lambda *a: _ShiftConv.apply(*a, reverse), (x, w, b))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_in_out_projections_equal_linear_and_gradcheck(bias):
+    """The channels-first projections (batched products on transposed views) equal ``nn.Linear`` and its
+    gradients, and pass gradcheck in float64."""
+    from mddose.nn.mamba import _InProj, _OutProj, in_projection, out_projection
+
+    torch.manual_seed(0)
+    lin_in, lin_out = torch.nn.Linear(5, 8, bias=bias), torch.nn.Linear(3, 5, bias=bias)
+    x = torch.randn(2, 7, 5, requires_grad=True)
+    xs, z = in_projection(lin_in, x, 3)
+    ref = lin_in(x).transpose(1, 2)
+    assert xs.is_contiguous() and z.is_contiguous()
+    torch.testing.assert_close(torch.cat([xs, z], 1), ref)
+    y = torch.randn(2, 3, 7, requires_grad=True)
+    out = out_projection(lin_out, y)
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, lin_out(y.transpose(1, 2)))
+    g = torch.Generator().manual_seed(1)
+    x64 = torch.randn(2, 6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w64 = torch.randn(8, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    b64 = torch.randn(8, generator=g, dtype=torch.float64, requires_grad=True) if bias else None
+    assert torch.autograd.gradcheck(lambda *a: _InProj.apply(*a, 3), (x64, w64, b64))
+    y64 = torch.randn(2, 8, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    wo = torch.randn(5, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    bo = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True) if bias else None
+    assert torch.autograd.gradcheck(_OutProj.apply, (y64, wo, bo))
+
+
+def test_fast_mixer_runs_under_bf16_autocast():
+    """Mixed precision: the projections' manual backward casts the bf16 gradients, parameters keep float32 grads."""
+    torch.manual_seed(0)
+    mixer = BiMambaMixer(16)
+    x = torch.randn(2, 33, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mixer(x)
+    out.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in mixer.parameters())
+
+
+@pytest.mark.parametrize("layout", ["channels-last view", "contiguous"])
+@pytest.mark.parametrize("grad", [True, False])
+def test_shift_conv_layouts_and_no_grad(layout, grad):
+    """The shift conv on the in-projection's contiguous channels-first output and on a channels-last view, with
+    and without gradients recorded (it is the conv of both the training and the inference path)."""
+    from mddose.nn.mamba import SSMBranch, shift_conv_silu
+
+    torch.manual_seed(0)
+    branches = [SSMBranch(6, 4, d_conv=4) for _ in range(2)]
+    base = torch.randn(2, 23, 12)
+    x = base[..., :6].transpose(1, 2) if layout != "contiguous" else base[..., :6].transpose(1, 2).contiguous()
+    expected = torch.cat([conv_silu(br, x, rev) for br, rev in zip(branches, (False, True))], 1)
+    with torch.set_grad_enabled(grad):
+        actual = shift_conv_silu(branches, x, (False, True))
+    torch.testing.assert_close(actual, expected.detach(), rtol=1e-5, atol=1e-6)

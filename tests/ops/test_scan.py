@@ -407,3 +407,15 @@ def test_transposed_views_of_b_c_need_no_copy_and_match():
         selective_scan(*inputs.values(), backend="cpu")
     inputs["B"][0, 1, 2, 3] = 0.5
     assert_close_scaled(run_with_grads(inputs, "cpu", True), run_with_grads(inputs, "ref", True))
+
+
+@pytest.mark.parametrize("machine,flags,wide", [("x86_64", "flags : fpu avx2 avx512f avx512bw", True),
+                                                ("x86_64", "flags : fpu avx2 fma", False),
+                                                ("aarch64", "Features : fp asimd avx512f", False)])
+def test_512_bit_vectors_only_on_avx512_x86(monkeypatch, machine, flags, wide):
+    from mddose.ops import scan_cpu
+
+    monkeypatch.setattr(scan_cpu.platform, "machine", lambda: machine)
+    monkeypatch.setattr(scan_cpu, "_machine_id", lambda: f"{machine}||{flags}")
+    assert ("-mprefer-vector-width=512" in scan_cpu.cflags()) is wide
+    assert scan_cpu.cflags()[:len(scan_cpu.CFLAGS)] == scan_cpu.CFLAGS

@@ -157,3 +157,15 @@ def test_non_finite_outside_a_strided_view_is_ignored_and_inside_detected(infere
         lv["x_dbl"][0, 1, 2, 3 + 1] = float("inf")  # inside B
         with pytest.raises(ValueError, match="B contains NaN"):
             selective_scan_multi(*scan_args(lv), backend="cpu")
+
+
+@pytest.mark.parametrize("n,dk,groups_per_dir", [(16, 40, 1), (32, 19, 1), (20, 24, 2)],
+                         ids=["n16-3blocks", "n32-tail", "groups-split-blocks"])
+def test_cpu_kernel_channel_blocks_and_lane_sums(n, dk, groups_per_dir):
+    """The kernel works on blocks of 16 float channels (a block never straddles a B/C group) and sums dB/dC over a
+    block's lanes 16 states at a time: several blocks with a partial last one, N a multiple of 16 and not."""
+    require_kernel()
+    leaves = make_leaves(dk=dk, n=n, seqlen=150, groups_per_dir=groups_per_dir)
+    expected = run(leaves, selective_scan_multi_ref, (False, True))
+    actual = run(leaves, selective_scan_multi, (False, True), backend="cpu")
+    assert_close_scaled(actual, expected)

@@ -19,6 +19,10 @@ the sequence in its original order (a reversed direction's causal conv becomes a
 kernel flipped), the directions' projections are batched matmuls whose outputs the scan reads through
 strides (:func:`mddose.ops.scan_multi.selective_scan_multi`), and the gated sum of the directions comes out
 of the scan directly. :func:`scan_directions_ref` is its plain twin (flipped copies, one branch at a time).
+:func:`run_mixer`'s fast path keeps every ``(B, d_inner, L)`` tensor channels-first and contiguous: the in- and
+out-projections are batched products on transposed views (:func:`in_projection`, :func:`out_projection`, manual
+backward), so neither the projections nor their gradients are copied, and the depthwise conv is a few
+multiply-adds of shifted slices (:func:`shift_conv_silu`, no padded copy).
 """
 
 from __future__ import annotations
@@ -147,54 +151,62 @@ def conv_silu(branch: SSMBranch, x: Tensor, reverse: bool = False) -> Tensor:
 
 
 class _ShiftConv(torch.autograd.Function):
-    """Depthwise causal (or, reversed, anti-causal with the kernel flipped) conv of ``x: (B, Di, L)`` for K
-    directions at once, as in-place multiply-adds of shifted slices of one padded copy; manual backward."""
+    """Depthwise causal (or, reversed, anti-causal with the kernel flipped) conv of ``x: (B, Di, L)`` (any strides)
+    for K directions at once, as multiply-adds of shifted slices of ``x`` (no padded copy); manual backward."""
+
+    @staticmethod
+    def _taps(k: int, seqlen: int, rev: bool):
+        """(tap j, output slice, input slice) of the taps that shift (the last tap, j = k-1, does not)."""
+        for j in range(k - 1):
+            s = k - 1 - j
+            if s < seqlen:
+                yield j, (slice(None, seqlen - s), slice(s, None)) if rev else (slice(s, None), slice(None, seqlen - s))
 
     @staticmethod
     def forward(ctx, x, w, b, reverse):   # w: (K, Di, k), b: (K, Di) or None → (B, K*Di, L)
         nb, dim, seqlen = x.shape
         k = w.shape[-1]
-        xp = F.pad(x, (k - 1, k - 1)).contiguous()                                # (B, Di, L + 2(k-1))
         out = x.new_empty(nb, len(reverse), dim, seqlen)
         for i, rev in enumerate(reverse):
             o = out[:, i]
-            if b is None:
-                o.zero_()
-            else:
-                o.copy_(b[i, :, None].expand_as(o))
-            for j in range(k):
-                s = 2 * (k - 1) - j if rev else j
-                o.addcmul_(xp[..., s:s + seqlen], w[i, :, j, None])
-        ctx.save_for_backward(xp, w)
-        ctx.meta = (reverse, b is not None, seqlen)
+            torch.mul(x, w[i, :, k - 1, None], out=o)
+            if b is not None:
+                o.add_(b[i, :, None])
+            for j, (so, si) in _ShiftConv._taps(k, seqlen, rev):
+                o[..., so].addcmul_(x[..., si], w[i, :, j, None])
+        ctx.save_for_backward(x, w)
+        ctx.meta = (reverse, b is not None)
         return out.view(nb, len(reverse) * dim, seqlen)
 
     @staticmethod
     def backward(ctx, grad):
-        xp, w = ctx.saved_tensors
-        reverse, has_b, seqlen = ctx.meta
-        k = w.shape[-1]
-        g = grad.reshape(xp.shape[0], len(reverse), xp.shape[1], seqlen)
-        gxp = torch.zeros_like(xp) if ctx.needs_input_grad[0] else None
-        dw = torch.empty_like(w) if ctx.needs_input_grad[1] else None
-        for i, rev in enumerate(reverse):
-            gi = g[:, i]
-            for j in range(k):
-                s = 2 * (k - 1) - j if rev else j
-                if gxp is not None:
-                    gxp[..., s:s + seqlen].addcmul_(gi, w[i, :, j, None])
-                if dw is not None:
-                    dw[i, :, j] = (gi * xp[..., s:s + seqlen]).sum((0, 2))
+        x, w = ctx.saved_tensors
+        reverse, has_b = ctx.meta
+        k, seqlen = w.shape[-1], x.shape[-1]
+        g = grad.unflatten(1, (len(reverse), x.shape[1]))                         # (B, K, Di, L)
+        gx = dw = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.mul(g[:, 0], w[0, :, k - 1, None])
+            for i in range(1, len(reverse)):
+                gx.addcmul_(g[:, i], w[i, :, k - 1, None])
+            for i, rev in enumerate(reverse):
+                for j, (so, si) in _ShiftConv._taps(k, seqlen, rev):
+                    gx[..., si].addcmul_(g[:, i][..., so], w[i, :, j, None])
+        if ctx.needs_input_grad[1]:
+            dw = torch.zeros_like(w)
+            for i, rev in enumerate(reverse):
+                dw[i, :, k - 1] = (g[:, i] * x).sum((0, 2))
+                for j, (so, si) in _ShiftConv._taps(k, seqlen, rev):
+                    dw[i, :, j] = (g[:, i][..., so] * x[..., si]).sum((0, 2))
         db = g.sum((0, 3)) if has_b and ctx.needs_input_grad[2] else None
-        gx = None if gxp is None else gxp[..., k - 1:k - 1 + seqlen]
         return gx, dw, db, None
 
 
 def shift_conv_silu(branches: list[SSMBranch], x: Tensor, reverse: tuple[bool, ...]) -> Tensor:
     """All directions' :func:`conv_silu`, stacked on channels ``(B, K*d_inner, L)``, as d_conv shifted multiply-adds
-    on one padded copy of ``x`` (:class:`_ShiftConv`; the depthwise conv has few taps, and PyTorch's depthwise
-    conv1d backward is slow on a CPU). Same result as ``cat([conv_silu(br, x, rev) ...])``; used when gradients
-    are recorded (without them the conv layers' forward on the channels-last view is faster)."""
+    of shifted slices of ``x`` (:class:`_ShiftConv`; the depthwise conv has few taps, and PyTorch's depthwise
+    conv1d is slow on a CPU on channels-first inputs, its backward on any). Same result as
+    ``cat([conv_silu(br, x, rev) ...])``."""
     w = torch.stack([br.conv1d.weight[:, 0] for br in branches])                # (K, Di, k)
     biases = [br.conv1d.bias for br in branches]
     b = None if all(v is None for v in biases) else \
@@ -213,7 +225,7 @@ def scan_directions(branches: list[SSMBranch], x: Tensor, z: Tensor | None, reve
     nb, dim, seqlen = x.shape
     br0 = branches[0]
     rank, dstate = br0.dt_rank, br0.d_state
-    if torch.is_grad_enabled() and all(br.conv1d is not None for br in branches):
+    if all(br.conv1d is not None for br in branches):
         u = shift_conv_silu(branches, x, reverse)                                # (B, K*Di, L)
     else:
         u = torch.cat([conv_silu(br, x, rev) for br, rev in zip(branches, reverse)], 1) if k > 1 \
@@ -222,12 +234,14 @@ def scan_directions(branches: list[SSMBranch], x: Tensor, z: Tensor | None, reve
     # (K, R+2N, Di) @ (B, K, Di, L): u's gradient comes out contiguous (no transposed gradient through the cat
     # and silu backwards); the small (R+2N)-row result is then laid out (B, K, L, R+2N) for the scan
     x_dbl = torch.matmul(w_x, u.view(nb, k, dim, seqlen)).transpose(-1, -2).contiguous()   # (B, K, L, R+2N)
+    # split, not three slices: the gradients are put together by one cat instead of three zero-filled copies
+    dts, bs, cs = torch.split(x_dbl, [rank, dstate, dstate], dim=-1)
     w_dt = torch.stack([br.dt_proj.weight for br in branches]) if k > 1 else br0.dt_proj.weight[None]
-    delta = torch.matmul(w_dt, x_dbl[..., :rank].transpose(-1, -2))             # (B, K, Di, L)
+    delta = torch.matmul(w_dt, dts.transpose(-1, -2))                           # (B, K, Di, L)
     cat = (lambda ts: torch.cat(ts, 0)) if k > 1 else (lambda ts: ts[0])         # noqa: E731
     return selective_scan_multi(
         u, delta.reshape(nb, k * dim, seqlen), cat([-torch.exp(br.A_log.float()) for br in branches]),
-        x_dbl[..., rank:rank + dstate], x_dbl[..., rank + dstate:], cat([br.D.float() for br in branches]),
+        bs, cs, cat([br.D.float() for br in branches]),
         z=z, delta_bias=cat([br.dt_proj.bias.float() for br in branches]), delta_softplus=True, reverse=reverse)
 
 
@@ -257,11 +271,86 @@ def mixer_path() -> str:
     return path
 
 
+class _OutProj(torch.autograd.Function):
+    """``y (B, C, L) → y^T W^T + b: (B, L, out)`` as batched products on transposed views (no copies, forward
+    or backward; the gradient of ``y`` comes back contiguous for the scan)."""
+
+    @staticmethod
+    def forward(ctx, y, weight, bias):
+        out = torch.bmm(y.transpose(1, 2), weight.t().to(y.dtype).expand(y.shape[0], *weight.t().shape))
+        if bias is not None:
+            out.add_(bias.to(out.dtype))
+        ctx.save_for_backward(y, weight)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, weight = ctx.saved_tensors
+        dt = grad.dtype
+        gt = grad.transpose(1, 2)                                                 # (B, out, L)
+        gy = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gy = torch.bmm(weight.t().to(dt).expand(y.shape[0], *weight.t().shape), gt).to(y.dtype)
+        if ctx.needs_input_grad[1]:
+            gw = torch.bmm(gt, y.transpose(1, 2).to(dt)).sum(0).to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = grad.sum((0, 1))
+        return gy, gw, gb
+
+
+class _InProj(torch.autograd.Function):
+    """``x (B, L, C) →`` the two halves of ``x W^T + b`` channels-first, ``(B, split, L)`` and ``(B, rows - split,
+    L)``, each contiguous, as batched products on the transposed view of ``x`` (no copies, forward or backward)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, split):
+        xt, nb = x.transpose(1, 2), x.shape[0]
+        w = weight.to(x.dtype)
+        halves = []
+        for rows in (slice(None, split), slice(split, None)):
+            h = torch.bmm(w[rows].expand(nb, *w[rows].shape), xt)
+            if bias is not None:
+                h.add_(bias[rows, None].to(h.dtype))
+            halves.append(h)
+        ctx.save_for_backward(x, weight)
+        ctx.meta = (split, bias is not None)
+        return tuple(halves)
+
+    @staticmethod
+    def backward(ctx, g1, g2):
+        x, weight = ctx.saved_tensors
+        split, has_bias = ctx.meta
+        parts = [(slice(None, split), g1), (slice(split, None), g2)]
+        parts = [(rows, g) for rows, g in parts if g is not None]
+        dt = parts[0][1].dtype
+        w, xx = weight.to(dt), x.to(dt)
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            for rows, g in parts:
+                wr = w[rows].expand(x.shape[0], *w[rows].shape)
+                gx = torch.bmm(g.transpose(1, 2), wr) if gx is None else gx.baddbmm_(g.transpose(1, 2), wr)
+            gx = gx.to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            gw = torch.zeros_like(weight)
+            for rows, g in parts:
+                gw[rows] = torch.bmm(g, xx).sum(0)
+        if has_bias and ctx.needs_input_grad[2]:
+            gb = x.new_zeros(weight.shape[0])
+            for rows, g in parts:
+                gb[rows] = g.sum((0, 2))
+        return gx, gw, gb, None
+
+
 def out_projection(lin: nn.Linear, y: Tensor) -> Tensor:
-    """``lin`` applied to the channels of ``y: (B, C, L)``: ``(B, L, out)`` contiguous (the product is taken
-    channels-first, so ``y`` is not copied and its gradient comes back contiguous for the scan)."""
-    out = torch.matmul(lin.weight, y).transpose(1, 2).contiguous()
-    return out if lin.bias is None else out + lin.bias
+    """``lin`` applied to the channels of ``y: (B, C, L)``: ``(B, L, out)`` contiguous (:class:`_OutProj`)."""
+    return _OutProj.apply(y, lin.weight, lin.bias)
+
+
+def in_projection(lin: nn.Linear, x: Tensor, d_inner: int) -> tuple[Tensor, Tensor]:
+    """The two halves of ``lin(x)`` for ``x: (B, L, C)``, channels-first: ``(B, d_inner, L)`` each, contiguous
+    (:class:`_InProj`: no copy of ``x``, of the halves, or of their gradients)."""
+    return _InProj.apply(x, lin.weight, lin.bias, d_inner)
 
 
 def run_mixer(in_proj: nn.Linear, out_proj: nn.Linear, branches: list[SSMBranch], x: Tensor,
@@ -272,11 +361,8 @@ def run_mixer(in_proj: nn.Linear, out_proj: nn.Linear, branches: list[SSMBranch]
         xz = in_proj(x).transpose(1, 2)                                          # (B, 2*d_inner, L)
         xs, z = xz.chunk(2, dim=1)
         return out_proj(scan_directions_ref(branches, xs, z, reverse).transpose(1, 2))
-    xz = in_proj(x).transpose(1, 2)                                              # (B, 2*d_inner, L) view
-    # the convs read x as this channels-last view (PyTorch's depthwise conv1d is ~10x (forward) and ~300x
-    # (backward) slower on a contiguous channels-first copy); z is copied channels-first once: the kernel could
-    # read it through its strides, but one transposing copy is cheaper than L strided reads per row, twice
-    y = scan_directions(branches, xz[:, :d_inner], xz[:, d_inner:].contiguous(), reverse)   # (B, d_inner, L)
+    xs, z = in_projection(in_proj, x, d_inner)                                   # (B, d_inner, L) each
+    y = scan_directions(branches, xs, z, reverse)                                # (B, d_inner, L)
     return out_projection(out_proj, y)
 
 

@@ -1,7 +1,8 @@
 """Fast CPU selective scan: a fused C kernel (csrc/selective_scan.c) built lazily and called via ctypes.
 
 The kernel is compiled on first use with the system C compiler (``$CC`` or ``gcc``) using
-``-O3 -march=native -ffast-math -fopenmp-simd -pthread`` (compiled, then linked *without*
+``-O3 -march=native -ffast-math -fopenmp-simd -pthread`` (plus ``-mprefer-vector-width=512`` on x86 CPUs with
+AVX-512; the source is ``csrc/selective_scan.c`` with the backward in ``csrc/selective_scan_bwd.inc``) (compiled, then linked *without*
 ``-ffast-math`` so that ``crtfastmath.o`` does not switch the whole process to flush-to-zero), and
 cached in ``$MDDOSE_CACHE_DIR/kernels`` (default ``~/.cache/mddose/kernels``) under a name keyed by
 a hash of the source, the flags, the compiler command and the CPU (model and feature flags).
@@ -31,7 +32,12 @@ from torch import Tensor
 from mddose.utils.log import log_once
 
 SOURCE = Path(__file__).with_name("csrc") / "selective_scan.c"
+#: files SOURCE includes (part of the cache key)
+INCLUDES = (SOURCE.with_name("selective_scan_bwd.inc"),)
 CFLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC", "-pthread")
+#: added on x86 CPUs with AVX-512 (the compilers' default tuning keeps to 256-bit vectors; the kernel's
+#: channel blocks are one 512-bit vector, measured ~1.4x faster with it)
+AVX512_CFLAGS = ("-mprefer-vector-width=512",)
 LDFLAGS = ("-shared", "-pthread", "-lm")
 #: steps between stored state checkpoints (memory (B, D, L/CHUNK, N); per-thread buffer (CHUNK+1, N))
 CHUNK = 128
@@ -67,11 +73,17 @@ def _machine_id() -> str:
     return f"{platform.machine()}|{platform.processor()}|{flags}"
 
 
+def cflags() -> tuple[str, ...]:
+    """:data:`CFLAGS`, plus :data:`AVX512_CFLAGS` on an x86-64 CPU that reports ``avx512f``."""
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    return CFLAGS + AVX512_CFLAGS if x86 and " avx512f" in _machine_id() else CFLAGS
+
+
 def compile_kernel(cc: str, source: Path, output: Path, defines: tuple[str, ...]) -> None:
     """Compile ``source`` into the shared library ``output`` (raises on failure)."""
     obj = output.with_suffix(".o")
     try:
-        for cmd in ([cc, *CFLAGS, *defines, "-c", str(source), "-o", str(obj)],
+        for cmd in ([cc, *cflags(), *defines, "-c", str(source), "-o", str(obj)],
                     [cc, str(obj), *LDFLAGS, "-o", str(output)]):
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
             if res.returncode != 0:
@@ -100,8 +112,8 @@ def _build(dtype: torch.dtype) -> ctypes.CDLL:
     sfx = "f64" if dtype == torch.float64 else "f32"
     defines = ("-DSCAN_DOUBLE",) if sfx == "f64" else ()
     cc = compiler()
-    src = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([src, " ".join(CFLAGS + LDFLAGS + defines).encode(),
+    src = b"".join(p.read_bytes() for p in (SOURCE, *INCLUDES))
+    key = hashlib.sha256(b"\0".join([src, " ".join(cflags() + LDFLAGS + defines).encode(),
                                      cc.encode(), _machine_id().encode()]))
     out_dir = cache_dir()
     try:

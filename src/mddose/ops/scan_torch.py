@@ -14,6 +14,15 @@ is needed, so the result is as stable as the sequential recurrence. Autograd dif
 own backward of these ops). Memory: a few (B, D, L, N) tensors, like the reference — this is the path for
 GPUs without mamba-ssm (a few hundred kernel launches per call instead of tens of thousands), not a CPU
 fast path (the C kernel is, see :mod:`mddose.ops.scan_cpu`).
+
+Why no eager-PyTorch formulation is 10x faster than the reference on a CPU: with a decay per (channel, state)
+(Mamba-1's diagonal A) the states h (B, D, L, N) cannot be avoided (the matrix form of Mamba-2 needs one decay
+per head; here its (T, T) blocks would be per state too, T times larger), so every formulation makes
+elementwise passes over (B, D, L, N) tensors: forward at least exp(dt A), dt u B, the recurrence and <C, h>,
+the backward about twice that. Measured at B=8, L=4096, D=192, N=16 (1 thread, process CPU time, 2-core VM,
+contended): one pass costs 37 ms (in-place mul) to 95 ms (addcmul), exp 69 ms; so forward + backward costs
+at least ~1 s of passes even perfectly fused, against 5.6 s for the reference (the C kernel: 0.19 s) — at
+most ~5x, before any dispatch overhead. The chunked form here took 12 s (9.5 s with ``chunk=16``).
 """
 
 from __future__ import annotations
