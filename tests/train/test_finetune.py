@@ -114,9 +114,11 @@ def test_a_shipped_name_fits_its_own_config():
     from mddose.predict.shipped import resolve_checkpoint
     from mddose.train.config import builtin_config, load_train_config
     from mddose.train.finetune import load_init
+    from mddose.train.trainer import model_config_for
 
     path = resolve_checkpoint("openkbp-small")
-    sd, record = load_init(path, load_train_config(builtin_config("openkbp-cpu")).resolved(), name="openkbp-small")
+    cfg = load_train_config(builtin_config("openkbp-cpu")).resolved()
+    sd, record = load_init(path, cfg, model_config_for(cfg, cfg.inputs.channels), name="openkbp-small")
     meta = json.loads((path / "config.json").read_text())
     assert record["checkpoint"] == "openkbp-small" and record["step"] == meta["step"]
     assert record["weights_sha256"] == meta["files"]["ema.safetensors"]["sha256"]

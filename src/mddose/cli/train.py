@@ -2,7 +2,10 @@
 
 Exit status: 0; 2 for a bad config or argument (one line), and also when some patients of the dataset could
 not be used — training still runs on the others and saves its checkpoints, then one line per skipped patient
-is printed."""
+is printed.
+
+``--init CHECKPOINT`` fine-tunes: the run starts from the checkpoint's (EMA) weights with a fresh optimizer and
+schedule (:mod:`mddose.train.finetune`)."""
 
 from __future__ import annotations
 

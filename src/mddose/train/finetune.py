@@ -40,15 +40,14 @@ def _first_difference(old: Any, new: Any, prefix: str) -> str | None:
     return None
 
 
-def init_differences(bundle, cfg) -> str | None:
+def init_differences(bundle, cfg, model_config) -> str | None:
     """The first difference between checkpoint ``bundle`` (a :class:`~mddose.train.checkpoint.CheckpointBundle`)
-    and what the resolved train config ``cfg`` would build: kind, model, inputs, kind entries; None if it fits."""
-    from mddose.train.trainer import model_config_for
-
+    and what the resolved train config ``cfg`` would build (``model_config``: its model config,
+    :func:`mddose.train.trainer.model_config_for`): kind, model, inputs, kind entries; None if it fits."""
     kind = cfg.kind
     if bundle.kind != kind.name:
         return f"kind ({bundle.kind!r} in the checkpoint, {kind.name!r} in the train config)"
-    mine = model_config_for(cfg, cfg.inputs.channels).to_dict()
+    mine = model_config.to_dict()
     theirs = bundle.model.config.to_dict() if hasattr(bundle.model, "config") else bundle.meta.get("model")
     meta = {k: bundle.meta.get(k) for k in kind.checkpoint_meta(cfg)}
     return (_first_difference(theirs, mine, "model")
@@ -56,11 +55,13 @@ def init_differences(bundle, cfg) -> str | None:
             or _first_difference(meta, kind.checkpoint_meta(cfg), "checkpoint"))
 
 
-def load_init(path: str | os.PathLike, cfg, *, name: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+def load_init(path: str | os.PathLike, cfg, model_config, *,
+              name: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """The weights to start a run of the resolved train config ``cfg`` from, and the ``"init"`` record.
 
     Args:
-        path: the checkpoint folder. name: how the user named it (a path or a shipped name; default: ``path``).
+        path: the checkpoint folder. model_config: the model config the run builds.
+        name: how the user named it (a path or a shipped name; default: ``path``).
     Returns:
         ``(state_dict, record)``, record = ``{"checkpoint": name, "path": absolute folder, "step": its step,
         "weights": "ema.safetensors", "weights_sha256": ..., "config_sha256": its seal (None if unsealed)}``.
@@ -72,7 +73,7 @@ def load_init(path: str | os.PathLike, cfg, *, name: str | None = None) -> tuple
 
     path = Path(path)
     bundle = load_checkpoint(path)
-    diff = init_differences(bundle, cfg)
+    diff = init_differences(bundle, cfg, model_config)
     if diff:
         raise MddoseError(f"--init: the checkpoint does not fit the train config: {diff}", path)
     files = bundle.meta.get("files") or {}

@@ -393,22 +393,22 @@ def train(config: TrainConfig | str | Path, out_dir: str | Path, *, resume: bool
     """
     cfg = config if isinstance(config, TrainConfig) else load_train_config(config)
     cfg = cfg.resolved()                  # parsed and checked when it was built; the recipe filled here
+    if resume and init is not None:
+        raise MddoseError("--init starts a new run from trained weights; --resume continues a run: use one of them")
     out = Path(out_dir)
     last = find_last(out)
     if resume and last is None:
         raise MddoseError("nothing to resume: no checkpoint 'last' in this directory", out)
     if not resume and last is not None:
         raise MddoseError("already holds a training run; use --resume to continue or choose another --out", out)
-    if resume and init is not None:
-        raise MddoseError("--init starts a new run from trained weights; --resume continues a run: use one of them")
     if resume:
         check_resume_config(cfg, last)      # before any data is read
     kind = cfg.kind
-    model_config_for(cfg, cfg.inputs.channels)     # validates model, preset and overrides before any data is read
+    mcfg = model_config_for(cfg, cfg.inputs.channels)   # validates model, preset, overrides before any data is read
     start = None
     if init is not None:
         from mddose.train.finetune import load_init
-        start = load_init(init, cfg, name=init_name)
+        start = load_init(init, cfg, mcfg, name=init_name)
     dist = init_distributed(cfg.device)
     try:
         data = kind.build_data(cfg, progress=progress and dist.is_main)
