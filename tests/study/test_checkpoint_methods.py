@@ -18,7 +18,8 @@ def prior_checkpoint(folder: Path, targets=("PTV",)) -> Path:
     folder.mkdir(parents=True)
     cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": "prior", "export": "prediction",
            "model": {"model": "prior-dose"}, "prior_config": PriorDoseConfig(targets=targets).to_dict()}
-    (folder / "config.json").write_text(json.dumps(cfg))
+    from mddose.train.integrity import seal
+    (folder / "config.json").write_text(json.dumps(seal(cfg)))
     return folder
 
 

@@ -51,6 +51,12 @@ def test_missing_directory(tmp_path):
         load_checkpoint(tmp_path / "nope")
 
 
+def _rewrite(path, cfg):
+    """A deliberate, re-sealed edit of ``path/config.json`` (to reach the checks after the seal)."""
+    from mddose.train.integrity import seal
+    (path / "config.json").write_text(json.dumps(seal(cfg)))
+
+
 def _truncate(f):
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
 
@@ -118,11 +124,11 @@ def test_a_file_missing_from_the_record_is_refused(ckpt):
     path, _ = ckpt
     cfg = json.loads((path / "config.json").read_text())
     del cfg["files"]["train_state.safetensors"]
-    (path / "config.json").write_text(json.dumps(cfg))
+    _rewrite(path, cfg)
     with pytest.raises(MddoseError, match="train_state.safetensors: file is not listed"):
         load_checkpoint(path)
     cfg["files"] = {"model.safetensors": {"size": "big"}}
-    (path / "config.json").write_text(json.dumps(cfg))
+    _rewrite(path, cfg)
     with pytest.raises(MddoseError, match="config.json: malformed 'files' record"):
         load_checkpoint(path)
 
@@ -130,7 +136,7 @@ def test_a_file_missing_from_the_record_is_refused(ckpt):
 def test_old_checkpoint_without_checksums_loads_but_is_header_checked(ckpt, caplog):
     path, tr = ckpt
     cfg = json.loads((path / "config.json").read_text())
-    del cfg["files"]
+    del cfg["files"], cfg["config_sha256"]          # as written before checksums and seals existed
     (path / "config.json").write_text(json.dumps(cfg))
     b = load_checkpoint(path)
     assert all(torch.equal(b.model.state_dict()[k], v) for k, v in tr.ema.module.state_dict().items())
@@ -158,7 +164,7 @@ def test_checkpoint_of_another_model(ckpt):
     path, _ = ckpt
     cfg = json.loads((path / "config.json").read_text())
     cfg["model"]["width"] = 8
-    (path / "config.json").write_text(json.dumps(cfg))
+    _rewrite(path, cfg)
     with pytest.raises(MddoseError, match="do not match the model"):
         load_checkpoint(path)
     with pytest.raises(MddoseError, match="do not match the model"):

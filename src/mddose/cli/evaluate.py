@@ -74,21 +74,26 @@ def _compare(args) -> int:
     from mddose.evaluate.run import compare_runs
     from mddose.utils.fs import atomic_write, check_new_output
 
+    import contextlib
+
+    from mddose.utils.lock import output_lock
+
     files = []
     if args.out:
         files = [check_new_output(Path(args.out) / name, args.force) for name in ("comparison.md", "comparison.csv")]
-    comp, errors = compare_runs(args.runs, args.reference, names=args.names, baseline=args.baseline,
-                                test=args.test, gamma=args.gamma)
-    md = comp.to_markdown()
-    print(md)
-    for item, msg in errors:
-        print(f"skipped {item}: {msg}")
-    for path, text in zip(files, (md, comp.to_csv())):
-        try:
-            with atomic_write(path, "w") as fh:
-                fh.write(text)
-        except OSError as exc:
-            raise MddoseError(f"cannot write ({exc.strerror or exc})", path) from None
+    with output_lock(args.out) if args.out else contextlib.nullcontext():   # one writer of --out
+        comp, errors = compare_runs(args.runs, args.reference, names=args.names, baseline=args.baseline,
+                                    test=args.test, gamma=args.gamma)
+        md = comp.to_markdown()
+        print(md)
+        for item, msg in errors:
+            print(f"skipped {item}: {msg}")
+        for path, text in zip(files, (md, comp.to_csv())):
+            try:
+                with atomic_write(path, "w") as fh:
+                    fh.write(text)
+            except OSError as exc:
+                raise MddoseError(f"cannot write ({exc.strerror or exc})", path) from None
     if files:
         print(f"wrote {files[0]} and {files[1]}")
     return batch_status(errors)

@@ -11,6 +11,9 @@ def register(sub) -> None:
     p.add_argument("out", help="output directory")
     p.add_argument("--card", metavar="FILE", help="model card (Markdown) stored as MODEL_CARD.md")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.add_argument("--reseal", action="store_true",
+                   help="accept a config.json of CHECKPOINT edited since it was written (deliberately) and seal OUT "
+                        "as it is now; its weights are still checked against their checksums")
     p.add_argument("--sampler", help="sampler `mddose predict` uses with this checkpoint by default (ddim | ddpm | "
                    "dpmpp2m)")
     p.add_argument("--steps", type=int, help="sampler steps `mddose predict` uses with this checkpoint by default")
@@ -38,6 +41,7 @@ def _run(args) -> int:
 
     check_not_own_input(args.out, args.checkpoint, out_name="OUT", input_name="CHECKPOINT")
     with output_lock(args.out):
-        out = export_for_prediction(args.checkpoint, args.out, card=card, force=args.force, predict=predict)
+        out = export_for_prediction(args.checkpoint, args.out, card=card, force=args.force, predict=predict,
+                                    reseal=args.reseal)
     print(f"exported {args.checkpoint} -> {out}")
     return 0

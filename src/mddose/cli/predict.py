@@ -46,7 +46,9 @@ def register(sub) -> None:
     p.add_argument("--batch", type=int, default=8, help="slices per sampler call (default 8: fastest per slice on CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--force", action="store_true", help="write into an existing non-empty output directory")
+    p.add_argument("--force", action="store_true", help="add to / overwrite an existing non-empty output directory: the new result is built beside "
+                        "it and swapped in once complete, keeping the files it did not rewrite (a failed or killed "
+                        "run leaves it as it was)")
     p.set_defaults(func=_run)
 
 

@@ -36,7 +36,8 @@ def _run(args) -> int:
 
     out = Path(args.out) if args.out else Path(args.run_dir) / "report.html"   # report_run's default
     # a missing RUN_DIR is report_run's error to name (the lock would create it)
-    with output_lock(out) if args.out or Path(args.run_dir).is_dir() else contextlib.nullcontext():
+    with output_lock(out) if args.out or Path(args.run_dir).is_dir() else contextlib.nullcontext(), \
+            output_lock(args.figures_dir) if args.figures_dir else contextlib.nullcontext():
         rep = report_run(args.run_dir, args.reference, args.out, force=args.force, max_patients=args.max_patients,
                          figures_dir=args.figures_dir, progress=True)
     for item, msg in rep.failures:

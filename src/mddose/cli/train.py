@@ -2,7 +2,10 @@
 
 Exit status: 0; 2 for a bad config or argument (one line), and also when some patients of the dataset could
 not be used — training still runs on the others and saves its checkpoints, then one line per skipped patient
-is printed."""
+is printed.
+
+``--init CHECKPOINT`` fine-tunes: the run starts from the checkpoint's (EMA) weights with a fresh optimizer and
+schedule (:mod:`mddose.train.finetune`)."""
 
 from __future__ import annotations
 
@@ -23,6 +26,10 @@ def register(sub) -> None:
                    help="continue the run in --out from its last checkpoint; the config may differ from the run's "
                         "only in epochs, max_steps, time_budget_s, device, num_workers, log_dir and "
                         "checkpoint_every (anything else is refused)")
+    p.add_argument("--init", metavar="CHECKPOINT", default=None,
+                   help="fine-tune: start from the weights of this checkpoint (a folder, or a shipped name such as "
+                        "openkbp-small) with a fresh optimizer and schedule; its model, inputs and kind must match "
+                        "the config; recorded as 'init' in the new checkpoints' config.json (not with --resume)")
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after M minutes")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps in total")
@@ -47,6 +54,15 @@ def _run(args: argparse.Namespace) -> int:
         raise MddoseError(f"--max-steps must be >= 1, got {args.max_steps}")
     if args.max_minutes is not None and not 0 < args.max_minutes < float("inf"):
         raise MddoseError(f"--max-minutes must be > 0, got {args.max_minutes}")
+    if args.init is not None and args.resume:
+        raise MddoseError("--init starts a new run from trained weights; --resume continues a run: use one of them")
+    init = None
+    if args.init is not None:
+        from mddose.predict.shipped import resolve_checkpoint
+        try:
+            init = resolve_checkpoint(args.init)
+        except MddoseError as exc:
+            raise MddoseError(str(exc).replace("--checkpoint:", "--init:", 1)) from None
     cfg = load_train_config(path, epochs=args.epochs, max_steps=args.max_steps, device=args.device,
                             time_budget_s=None if args.max_minutes is None else args.max_minutes * 60)
     out = Path(args.out) if args.out else Path("runs") / path.stem
@@ -56,13 +72,16 @@ def _run(args: argparse.Namespace) -> int:
     data = [d for split in (cfg.data.train, cfg.data.val) if split
             for d in ((split,) if isinstance(split, str) else split)]
     check_not_own_input(out, *data, out_name="--out", input_name="data folder")
+    if init is not None:
+        check_not_own_input(out, init, out_name="--out", input_name="--init checkpoint")
     import contextlib
     import os
 
     # under torchrun every rank runs this with the same --out: rank 0 holds the lock for the job
     rank0 = os.environ.get("RANK", "0") == "0"
     with output_lock(out) if rank0 else contextlib.nullcontext():
-        best = train(cfg, out, resume=args.resume, progress=not args.no_progress, skipped=skipped)
+        best = train(cfg, out, resume=args.resume, progress=not args.no_progress, skipped=skipped, init=init,
+                     init_name=args.init)
     print(f"best checkpoint: {best}")
     if not skipped:
         return 0

@@ -247,14 +247,27 @@ def save_patient(patient: Patient, path: str | os.PathLike, format: str, *, forc
     return path
 
 
+def _keep_failed(old: Path, new: Path, failed: list[Path]) -> None:
+    """Carry the previous conversion of each patient of ``failed`` (paths relative to the source) from the output
+    ``old`` being replaced into the new one (``new``), one INFO line each."""
+    from mddose.utils.fs import carry_over
+    from mddose.utils.log import logger
+
+    for rel in failed:
+        if (old / rel).is_dir() and not (new / rel).exists() and carry_over(old / rel, new / rel):
+            logger.info("%s: kept its previous conversion (this run could not convert it)", old / rel)
+
+
 def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, *, src_format: str | None = None,
             force: bool = False, cache: bool = False,
             progress: bool = False) -> tuple[list[Path], list[tuple[str, str]]]:
     """Convert a patient directory, or a directory of patient directories, to format ``to``.
 
     A single patient is written as ``dst``; a collection as ``dst/<patient dir name>`` for each readable
-    patient, the whole of ``dst`` built atomically. Never overwrites ``dst`` unless ``force``. A patient
-    that fails (whatever the exception) is reported and left out.
+    patient, the whole of ``dst`` built atomically. Never overwrites ``dst`` unless ``force``; then the new ``dst``
+    replaces the old one only once complete (a failed or killed run leaves it as it was). A patient that fails
+    (whatever the exception) is reported and left out — with ``force``, its previous conversion in ``dst``, if
+    any, is kept (:func:`_keep_failed`), so that a run never leaves less than there was.
     Returns ``(written paths, bad (path, message) pairs)``; raises MddoseError if nothing was converted.
     """
     _check_format(to)
@@ -281,6 +294,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, *, src_form
                     bad[d] = _failure(d, exc)
             if not written:
                 raise MddoseError(f"no patient could be converted ({len(bad)} failed)", src)
+            _keep_failed(dst, tmp, [d.relative_to(src) for d in bad])
     except OSError as exc:
         raise MddoseError(f"cannot write the output ({describe_error(exc)})", dst) from None
     return [dst / written[d] for d in dirs if d in written], [bad[d] for d in dirs if d in bad]

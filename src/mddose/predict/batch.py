@@ -87,6 +87,11 @@ def predict_to_dir(checkpoint: str | Path, input_path: str | Path, out: str | Pa
     ``beams``: the fields (``"0,40,…"`` or angles) of patients without an RTPLAN, for a model trained with beam
     priors (:func:`~mddose.predict.options.with_beams`; refused in one line for any other).
     Raises :class:`MddoseError` when nothing could be predicted.
+
+    ``force`` with a non-empty ``out``: the new result is built in a folder beside it, the files of ``out`` it
+    did not write are kept (hard links: other patients', a failed patient's previous prediction; listed as
+    ``kept`` in ``predict.json``), and it replaces ``out`` only once complete — a run that fails or is killed
+    leaves ``out`` as it was (:func:`_replace_output`).
     """
     if fmt not in OUTPUT_FORMATS:
         raise MddoseError(f"--format: unknown output format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
@@ -111,9 +116,32 @@ def predict_to_dir(checkpoint: str | Path, input_path: str | Path, out: str | Pa
     loaded, errors = _load_all(input_path, progress)
     loaded, dup_errors = _refuse_duplicates(loaded)
     errors += dup_errors
+    info = dict(checkpoint=checkpoint, input_path=input_path, fmt=fmt, kind=bundle.kind, model=model_name(bundle),
+                **opts, seed=seed)
+    if loaded:
+        bundle.model.to(dev)
+    if loaded and force and out.is_dir() and any(out.iterdir()):
+        return _replace_output(out, bundle, loaded, errors, opts, info, batch=batch, seed=seed, progress=progress)
     if loaded:
         _prepare_output(out, force)
-        bundle.model.to(dev)
+    done, rois = _predict_all(bundle, loaded, errors, opts, out, fmt, batch=batch, seed=seed, progress=progress)
+    if done:
+        _write_run_info(out, **info, patients=done, errors=errors, **rois)
+    _refuse_nothing(done, errors, input_path)
+    return done, errors
+
+
+def _refuse_nothing(done: list[str], errors: list[tuple[str, str]], input_path) -> None:
+    if not done:
+        detail = "; ".join(f"{p}: {e}" for p, e in errors[:3]) or "no patients found"
+        raise MddoseError(f"nothing was predicted ({detail})", input_path)
+
+
+def _predict_all(bundle, loaded: list[tuple[str, Patient]], errors: list[tuple[str, str]], opts: dict, out: Path,
+                 fmt: str, *, batch: int, seed: int, progress: bool) -> tuple[list[str], dict[str, dict]]:
+    """Predict every loaded patient into ``out``; a failure is appended to ``errors`` (one warning line) and the
+    batch goes on. Returns the ids written and ``{"missing_rois": {id: ROIs missing from its inputs},
+    "empty_rois": {id: ROI files with no voxel, treated as absent}}``."""
     done: list[str] = []
     empty: dict[str, list[str]] = {}
     empty_files: dict[str, list[str]] = {}
@@ -135,13 +163,32 @@ def predict_to_dir(checkpoint: str | Path, input_path: str | Path, out: str | Pa
             done.append(patient.id)
         except Exception as exc:  # noqa: BLE001 - a bad patient is reported, the batch goes on
             errors.append((d, skip_item(f"{d} (patient {patient.id})", exc)[1]))
-    if done:
-        _write_run_info(out, checkpoint=checkpoint, input_path=input_path, fmt=fmt, kind=bundle.kind,
-                        model=model_name(bundle), **opts, seed=seed, patients=done, errors=errors,
-                        missing_rois=empty, empty_rois=empty_files)
-    if not done:
-        detail = "; ".join(f"{p}: {e}" for p, e in errors[:3]) or "no patients found"
-        raise MddoseError(f"nothing was predicted ({detail})", input_path)
+    return done, {"missing_rois": empty, "empty_rois": empty_files}
+
+
+def _replace_output(out: Path, bundle, loaded, errors, opts: dict, info: dict, *, batch: int, seed: int,
+                    progress: bool) -> tuple[list[str], list[tuple[str, str]]]:
+    """``--force`` into a non-empty ``out``: predict into a new folder beside it, add the files of ``out`` that
+    this run did not write (:func:`mddose.utils.fs.carry_over`: other patients', and those of a patient that
+    failed now), then swap it in (:func:`mddose.utils.fs.atomic_dir`). A run that fails, predicts nothing or is
+    killed leaves ``out`` as it was; the carried-over files are listed as ``kept`` in ``predict.json``."""
+    from mddose.utils.fs import atomic_dir, carry_over, clean_stale_temps
+
+    for d in (out, out / "uncertainty"):
+        clean_stale_temps(d)
+    try:
+        with atomic_dir(out, force=True) as tmp:
+            done, rois = _predict_all(bundle, loaded, errors, opts, tmp, info["fmt"], batch=batch, seed=seed,
+                                      progress=progress)
+            _refuse_nothing(done, errors, info["input_path"])
+            kept = [k for k in carry_over(out, tmp) if k != "predict.json"]
+            if kept:
+                log.info("%s: kept %d file(s) of its previous contents that this run did not write (listed in "
+                         "predict.json)", out, len(kept))
+            _write_run_info(tmp, **info, patients=done, errors=errors, **rois, kept=kept)
+    except OSError as exc:
+        from mddose.utils.fs import describe_error
+        raise MddoseError(f"cannot write the output beside it ({describe_error(exc)})", out) from None
     return done, errors
 
 

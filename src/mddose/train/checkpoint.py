@@ -8,8 +8,9 @@ A checkpoint directory holds::
                              the kind's input config under its key (``slice_config`` of 2D models,
                              ``volume_config`` of 3D ones), the train config (without the input config: each
                              setting is stored once), the kind's own entries (``diffusion``: the schedule of a
-                             diffusion model), step, epoch, and ``files``: size and SHA-256 of every other file
-                             (written last)
+                             diffusion model), step, epoch, ``init`` (a fine-tuned run: the checkpoint it
+                             started from), ``files``: size and SHA-256 of every other file (written last), and
+                             ``config_sha256``: the seal of all of config.json (:func:`mddose.train.integrity.seal`)
     train_state.safetensors  optimizer tensors, RNG states (torch CPU/CUDA, noise generator)
     train_state.json         optimizer scalars/param groups, GradScaler, EMA counter, NumPy and Python
                              RNG states, step/epoch/position, best score
@@ -35,7 +36,8 @@ import torch
 from torch import nn
 
 from mddose.errors import MddoseError
-from mddose.train.integrity import check_finite, check_finite_file, file_record, verify_files
+from mddose.train.integrity import (SEAL_KEY, check_finite, check_finite_file, check_seal, file_record, seal,
+                                    verify_files)
 from mddose.utils.config import read_json_object
 from mddose.utils.fs import atomic_dir, atomic_write
 
@@ -180,12 +182,12 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, ema: nn.Module
                   "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None}
             _write_json(js, tmp / "train_state.json")
         files = {f.name: file_record(f) for f in sorted(tmp.iterdir()) if f.name != "config.json"}
-        _write_json({**config, "files": files}, tmp / "config.json")
+        _write_json(seal({**config, "files": files}), tmp / "config.json")
     return path
 
 
 def export_for_prediction(src: str | os.PathLike, dst: str | os.PathLike, *, card: str | None = None,
-                          force: bool = False, predict: dict | None = None) -> Path:
+                          force: bool = False, predict: dict | None = None, reseal: bool = False) -> Path:
     """A prediction-only copy of checkpoint ``src`` in ``dst``: the EMA weights, ``config.json`` (marked
     ``"export": "prediction"``, with the checksum record of what it holds) and ``MODEL_CARD.md`` (``card``).
 
@@ -193,14 +195,16 @@ def export_for_prediction(src: str | os.PathLike, dst: str | os.PathLike, *, car
     checked completely first. An existing ``dst`` is replaced only with ``force``. ``predict``: prediction
     options the checkpoint recommends (e.g. ``{"steps": 5}``), merged over those ``src`` records and used
     by ``mddose predict`` when the user gives none (:func:`mddose.predict.options.checkpoint_defaults`).
+    ``reseal``: accept a ``config.json`` edited since it was sealed (its weights are still verified against
+    their checksums, the model is still built from it) and seal ``dst`` as it is now.
     """
     from mddose.predict.options import checkpoint_defaults
     from mddose.utils.fs import check_new_output
 
-    bundle = load_checkpoint(src)            # every file of src verified, the weights load and are finite
+    bundle = load_checkpoint(src, reseal=reseal)   # every file of src verified, the weights load and are finite
     if bundle.model_kind.weightless:
         raise MddoseError(f"is a {bundle.model_kind.words}: it has no weights to export (use it by name)", src)
-    cfg = {k: v for k, v in bundle.meta.items() if k != "files"}
+    cfg = {k: v for k, v in bundle.meta.items() if k not in ("files", SEAL_KEY)}
     if predict:
         from mddose.predict.options import resolve_options
         resolve_options(bundle.kind, (cfg.get("model") or {}).get("model", "this model"), **predict)
@@ -215,13 +219,14 @@ def export_for_prediction(src: str | os.PathLike, dst: str | os.PathLike, *, car
             with atomic_write(tmp / "MODEL_CARD.md", "w") as fh:
                 fh.write(card)
         files = {f.name: file_record(f) for f in sorted(tmp.iterdir()) if f.name.endswith(".safetensors")}
-        _write_json({**cfg, "files": files}, tmp / "config.json")
+        _write_json(seal({**cfg, "files": files}), tmp / "config.json")
     return dst
 
 
 # ---------------------------------------------------------------------------- load
-def read_checkpoint_config(path: str | os.PathLike) -> dict:
-    """config.json of a checkpoint, validated (format, version)."""
+def read_checkpoint_config(path: str | os.PathLike, *, reseal: bool = False) -> dict:
+    """config.json of a checkpoint, validated (format, version, seal: :func:`~mddose.train.integrity.check_seal`;
+    ``reseal`` accepts a broken seal with a warning)."""
     path = Path(path)
     if not path.is_dir():
         raise MddoseError("checkpoint directory not found", path)
@@ -231,6 +236,7 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict:
     if cfg.get("format_version") != FORMAT_VERSION:
         raise MddoseError(f"checkpoint format version {cfg.get('format_version')!r} is not supported "
                           f"(this mddose reads version {FORMAT_VERSION})", path / "config.json")
+    check_seal(cfg, path / "config.json", reseal=reseal)
     return cfg
 
 
@@ -296,8 +302,28 @@ class CheckpointBundle:
         return self.inputs if isinstance(self.inputs, VolumeConfig) else None
 
 
+def _check_kind_matches_model(cfg: dict, kind, where: Path, built: bool = False) -> None:
+    """Refuse a config.json whose ``kind`` is not its model's (an edited kind or model name): one line, at load.
+    ``built``: the caller brings the model (a checkpoint of an unregistered model has no model config)."""
+    mdict = cfg.get("model")
+    if built and mdict is None:
+        return
+    if not isinstance(mdict, dict):
+        raise MddoseError("checkpoint has no model config (expected a JSON object under 'model')", where)
+    from mddose.models.registry import available_models, kind_of
+
+    name = mdict.get("model")
+    if not isinstance(name, str) or name not in available_models():
+        raise MddoseError(f"model {name!r} is not a model of this mddose (known: "
+                          f"{', '.join(available_models())})", where)
+    own = kind_of(name)
+    if own.name != kind.name:
+        raise MddoseError(f"kind {kind.name!r} does not match the model {name!r}, a {own.words} of kind "
+                          f"{own.name!r} (an edited kind or model name?)", where)
+
+
 def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu", raw: bool = False,
-                    model: nn.Module | None = None) -> CheckpointBundle:
+                    model: nn.Module | None = None, reseal: bool = False) -> CheckpointBundle:
     """Load a checkpoint directory for prediction (EMA weights, eval mode).
 
     Every file is checked first (:func:`mddose.train.integrity.verify_files`: size, safetensors header and
@@ -307,6 +333,7 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     Args:
         model: an already-built model to load into (default: built from config.json via the registry).
         raw: also return the raw (non-EMA) weights in ``raw_state``.
+        reseal: accept a config.json that no longer matches its seal (``mddose export --reseal``).
     Raises:
         MddoseError: missing, truncated, damaged or replaced files, an unsupported format version, NaN or
         infinite weights, bad configs, or weights that do not fit the model — one line naming the file.
@@ -314,7 +341,7 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     from mddose.train.config import TrainConfig
 
     path = Path(path)
-    cfg = read_checkpoint_config(path)
+    cfg = read_checkpoint_config(path, reseal=reseal)
     exported = cfg.get("export") == "prediction"
     if exported and raw:
         raise MddoseError("a prediction-only checkpoint has no raw (non-EMA) weights", path)
@@ -327,6 +354,7 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     if kind.weightless:         # a computed method (the prior dose): a config, no weights
         return CheckpointBundle(model=kind.model(cfg, str(where)), model_config=cfg.get("model"),
                                 inputs=kind.load_inputs(cfg, where), meta=cfg, path=path, kind=kind.name)
+    _check_kind_matches_model(cfg, kind, where, built=model is not None)
     verify_files(path, cfg, required=("ema.safetensors",) if exported else ("model.safetensors", "ema.safetensors"),
                  optional=() if exported else TRAIN_STATE_FILES)
     inputs = kind.load_inputs(cfg, where)
@@ -336,8 +364,6 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     except (MddoseError, TypeError):
         tcfg = cfg.get("train_config")
     if model is None:
-        if not cfg.get("model"):
-            raise MddoseError("checkpoint has no model config", where)
         from mddose.models.registry import build_model_from_dict
         from mddose.train.config import GRID_FIELDS
         grid = getattr(inputs, "size", None)        # the model's grid fields, stored once as the data's size

@@ -10,6 +10,14 @@ but ``config.json`` under ``"files"`` in ``config.json`` (:func:`file_record`). 
 * with a record, its size and then its SHA-256 match the record (a truncated, replaced or damaged file
   is refused, whichever file it is — e.g. a random ``model.safetensors`` beside a valid EMA file).
 
+:func:`seal` / :func:`check_seal`: ``config.json`` itself is covered too. Its ``"config_sha256"`` entry is the
+SHA-256 of every other entry (the ``"files"`` record included, so the seal covers the weights through their
+checksums), written as canonical JSON (sorted keys, no spaces: a layout-only change of the file does not matter;
+any changed value, key or bit does). An edited or damaged ``config.json`` is refused; a deliberate edit is
+re-sealed into a new folder with ``mddose export SRC DST --reseal`` (:func:`mddose.train.checkpoint.export_for_prediction`),
+which still verifies every weight file against its checksum and rebuilds the model from the edited config.
+A checkpoint written before seals existed (no ``"config_sha256"``) still loads, with a warning.
+
 :func:`check_finite` / :func:`check_finite_file` refuse NaN or infinite weights. Every problem is one line
 (:class:`MddoseError`) naming the file.
 """
@@ -33,6 +41,42 @@ DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2":
 #: a larger header is not one that mddose wrote (safetensors itself refuses headers over 100 MB)
 MAX_HEADER = 100_000_000
 _CHUNK = 1 << 20
+
+
+#: the key of config.json holding its own seal
+SEAL_KEY = "config_sha256"
+#: how to re-seal a deliberate edit (named in the refusal)
+RESEAL_HINT = "if the edit was deliberate, re-seal it into a new folder: mddose export CHECKPOINT NEW --reseal"
+
+
+def config_digest(cfg: Mapping) -> str:
+    """SHA-256 of the canonical JSON of ``cfg`` without its seal (sorted keys, no whitespace, ASCII)."""
+    body = {k: v for k, v in cfg.items() if k != SEAL_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def seal(cfg: Mapping) -> dict:
+    """``cfg`` with its seal (``"config_sha256"``), as written to a checkpoint's config.json."""
+    return {**{k: v for k, v in cfg.items() if k != SEAL_KEY}, SEAL_KEY: config_digest(cfg)}
+
+
+def check_seal(cfg: Mapping, config_path: Path, *, reseal: bool = False) -> bool:
+    """Refuse a ``config.json`` whose values do not match its seal (one line naming the file and the way to
+    re-seal). ``reseal``: accept it (with a warning) — the caller writes a new seal. Returns whether it was sealed;
+    an unsealed (older) one passes with a warning."""
+    recorded = cfg.get(SEAL_KEY)
+    if recorded is None:
+        logger.warning("%s: checkpoint config written without a seal (older mddose): its values are not checked",
+                       config_path)
+        return False
+    if isinstance(recorded, str) and recorded == config_digest(cfg):
+        return True
+    if reseal:
+        logger.warning("%s: does not match its seal (edited); re-sealing it as it is now (--reseal)", config_path)
+        return True
+    raise MddoseError(f"checkpoint config does not match the checksum sealed when it was written (edited or "
+                      f"damaged); {RESEAL_HINT}", config_path)
 
 
 def sha256_file(path: Path) -> str:

@@ -134,6 +134,7 @@ class Trainer:
         self.best_step: int | None = None
         self.elapsed = 0.0
         self._resumed_step: int | None = None
+        self.init_record: dict | None = None     # a fine-tuned run: the checkpoint it started from
         self.schedule_steps: int | None = None   # the run's total steps, once known (see _plan)
         self._rate_origin: tuple[int, float] = (0, 0.0)
 
@@ -149,6 +150,19 @@ class Trainer:
                 "ema_updates": self.ema.num_updates, "world": self.dist.world,
                 "schedule_steps": self.schedule_steps}
 
+    def start_from(self, state_dict: dict[str, torch.Tensor], record: dict) -> None:
+        """Fine-tuning: the model starts from ``state_dict`` (:func:`mddose.train.finetune.load_init`), with the EMA
+        reset to it; the optimizer, learning-rate schedule and step count stay fresh. ``record`` (where the weights
+        came from) goes into every checkpoint's config.json as ``"init"``."""
+        from mddose.train.checkpoint import load_state_dict_checked
+
+        load_state_dict_checked(self.model, state_dict, Path(record.get("path", "--init")))
+        self.ema = EMA(self.model, self.cfg.ema_decay, self.cfg.ema_warmup)
+        self.init_record = dict(record)
+        if self.dist.is_main:
+            logger.info("fine-tuning from %s (step %s): fresh optimizer and schedule", record.get("checkpoint"),
+                        record.get("step"))
+
     def resume(self, path: str | Path | None = None) -> bool:
         """Load ``out/last`` (or ``path``); returns False if there is nothing to resume."""
         path = Path(path) if path else find_last(self.out)
@@ -161,6 +175,7 @@ class Trainer:
         self.best_score, self.best_step = st.get("best_score"), st.get("best_step")
         self.elapsed, self.ema.num_updates = float(st.get("elapsed", 0.0)), int(st.get("ema_updates", self.step))
         self.schedule_steps = st.get("schedule_steps")
+        self.init_record = read_checkpoint_config(path).get("init")
         self._resumed_step = self.step
         if self.dist.is_main:
             logger.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
@@ -173,7 +188,8 @@ class Trainer:
         kind = self.kind
         cfg = checkpoint_config(self.model, kind=kind.name, data_config={kind.data_key: self.cfg.inputs.to_dict()},
                                 train_config=self.cfg.to_dict(inputs=False), step=self.step, epoch=self.epoch,
-                                **kind.checkpoint_meta(self.cfg))
+                                **kind.checkpoint_meta(self.cfg),
+                                **({"init": self.init_record} if self.init_record else {}))
         return save_checkpoint(self.out / name, model=self.model, ema=self.ema.module, config=cfg,
                                optimizer=self.opt, scaler=self.scaler, noise_gen=self.noise_gen, state=self._state())
 
@@ -361,7 +377,8 @@ def build_model_for(cfg: TrainConfig, channels: int, grid: int | None = None) ->
 
 
 def train(config: TrainConfig | str | Path, out_dir: str | Path, *, resume: bool = False,
-          progress: bool = True, skipped: list[tuple[str, str]] | None = None) -> Path:
+          progress: bool = True, skipped: list[tuple[str, str]] | None = None,
+          init: str | Path | None = None, init_name: str | None = None) -> Path:
     """Train from a config (object or JSON path) into ``out_dir``; returns the best checkpoint dir.
 
     Any registered model: its kind (:func:`mddose.models.registry.kind_of`) gives the data (slices for 2D
@@ -370,10 +387,14 @@ def train(config: TrainConfig | str | Path, out_dir: str | Path, *, resume: bool
     anything but the budget: :func:`check_resume_config`); without it an existing run in ``out_dir`` is an
     error. Patients that cannot be used are skipped (:func:`mddose.utils.batch.skip_item`); ``skipped``, if given,
     receives their ``(path, message)`` (on rank 0). Under ``torchrun`` (WORLD_SIZE > 1) every rank runs this;
-    only rank 0 writes.
+    only rank 0 writes. ``init``: fine-tune — start from the weights of this checkpoint folder (``init_name``: how
+    the user named it, recorded with it), checked against the config before any data is read
+    (:func:`mddose.train.finetune.load_init`); refused with ``resume``.
     """
     cfg = config if isinstance(config, TrainConfig) else load_train_config(config)
     cfg = cfg.resolved()                  # parsed and checked when it was built; the recipe filled here
+    if resume and init is not None:
+        raise MddoseError("--init starts a new run from trained weights; --resume continues a run: use one of them")
     out = Path(out_dir)
     last = find_last(out)
     if resume and last is None:
@@ -383,7 +404,11 @@ def train(config: TrainConfig | str | Path, out_dir: str | Path, *, resume: bool
     if resume:
         check_resume_config(cfg, last)      # before any data is read
     kind = cfg.kind
-    model_config_for(cfg, cfg.inputs.channels)     # validates model, preset and overrides before any data is read
+    mcfg = model_config_for(cfg, cfg.inputs.channels)   # validates model, preset, overrides before any data is read
+    start = None
+    if init is not None:
+        from mddose.train.finetune import load_init
+        start = load_init(init, cfg, mcfg, name=init_name)
     dist = init_distributed(cfg.device)
     try:
         data = kind.build_data(cfg, progress=progress and dist.is_main)
@@ -394,6 +419,8 @@ def train(config: TrainConfig | str | Path, out_dir: str | Path, *, resume: bool
         trainer = Trainer(cfg, model, data.train, out, progress=progress, dist=dist)
         if data.val_patients and cfg.val_every:
             trainer.validate = trainer.objective.validator(cfg, data, trainer.device)
+        if start is not None:
+            trainer.start_from(*start)
         if resume:
             trainer.resume()
         return trainer.fit()

@@ -4,6 +4,8 @@
 * :func:`atomic_dir` — build a whole output directory in a temporary sibling, then rename it into place.
 * :func:`check_new_output` — refuse an existing output unless ``force`` is given.
 * :func:`clean_stale_temps` — remove the temporary siblings a killed writer left behind.
+* :func:`carry_over` — put the files of an old output that a new one lacks into the new one (hard links), so that
+  a ``--force`` run replacing a folder through :func:`atomic_dir` never leaves less than there was.
 * :func:`describe_error` — one line for an exception (how batch commands report a failed item).
 
 Temporary siblings are named ``.mddose-tmp.<host>.<pid>.<name>.<random>.tmp[<suffixes>]`` so that they can be
@@ -182,6 +184,34 @@ def atomic_save(path: str | os.PathLike, write_fn) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def carry_over(old: str | os.PathLike, new: str | os.PathLike) -> list[str]:
+    """Hard-link (copy where links are impossible) every file under folder ``old`` that folder ``new`` lacks into
+    ``new``, at the same relative path; returns those paths (``/``-separated, sorted). Temporary siblings
+    (:data:`TEMP_PREFIX`) and lock files (``.mddose-lock``) are left out; a missing ``old`` carries nothing.
+    Linked files stay safe: every mddose write replaces a file (rename), never changes it in place."""
+    old, new = Path(old), Path(new)
+    kept: list[str] = []
+    if not old.is_dir():
+        return kept
+    for root, dirs, files in os.walk(old):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(TEMP_PREFIX))
+        for name in sorted(files):
+            if name.startswith(TEMP_PREFIX) or name.endswith(".mddose-lock"):
+                continue
+            src = Path(root) / name
+            rel = src.relative_to(old)
+            dst = new / rel
+            if dst.exists() or dst.is_symlink():
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, dst, follow_symlinks=False)
+            except OSError:
+                shutil.copy2(src, dst, follow_symlinks=False)
+            kept.append(rel.as_posix())
+    return kept
 
 
 @contextlib.contextmanager
