@@ -37,7 +37,7 @@ LAYERS: dict[str, int] = {
     "models": 4,
     "train": 5, "predict": 5,
     "study": 6, "bench": 6, "demo": 6,      # orchestrators: train, predict, evaluate
-    "cli": 7,
+    "cli": 7, "__main__": 7,
 }
 
 

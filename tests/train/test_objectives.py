@@ -85,7 +85,8 @@ def test_regression_training_learns_and_keeps_the_best(tmp_path):
     assert meta["volume_config"]["grid"] == "resample"
     for key in ("grid", "crop_margin", "crop_predict"):      # a checkpoint written before the geometry choice loads unchanged
         del meta["volume_config"][key]
-    (best / "config.json").write_text(json.dumps(meta))
+    from mddose.train.integrity import SEAL_KEY, seal
+    (best / "config.json").write_text(json.dumps(seal({k: v for k, v in meta.items() if k != SEAL_KEY})))
     assert load_checkpoint(best).volume_config == b.volume_config
 
 

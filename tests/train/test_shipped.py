@@ -116,7 +116,7 @@ def test_export_records_the_sampler_defaults_predict_uses(trained, tmp_path, mon
 
 
 @pytest.mark.parametrize("predict, match", [
-    ({"steps": 0}, "predict.steps"), ({"sampler": "euler"}, "predict.sampler"), ({"tta": False}, "'predict' must"),
+    ({"steps": 0}, "predict.steps"), ({"sampler": "euler"}, "predict.sampler"), ({"tta": False}, "only for 3D regression models"),
     ({"steps": "5"}, "predict.steps"), ({"eta": -1.0}, "predict.eta"),
 ])
 def test_bad_sampler_defaults_are_refused_before_export(trained, tmp_path, predict, match):

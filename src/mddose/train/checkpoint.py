@@ -206,8 +206,9 @@ def export_for_prediction(src: str | os.PathLike, dst: str | os.PathLike, *, car
         raise MddoseError(f"is a {bundle.model_kind.words}: it has no weights to export (use it by name)", src)
     cfg = {k: v for k, v in bundle.meta.items() if k not in ("files", SEAL_KEY)}
     if predict:
-        from mddose.predict.options import resolve_options
-        resolve_options(bundle.kind, (cfg.get("model") or {}).get("model", "this model"), **predict)
+        if any(k not in bundle.model_kind.options for k in predict):   # an option of another kind: named as such
+            from mddose.predict.options import resolve_options
+            resolve_options(bundle.kind, (cfg.get("model") or {}).get("model", "this model"), **predict)
         cfg["predict"] = {**checkpoint_defaults(bundle), **predict}
         bundle.meta = cfg
         checkpoint_defaults(bundle)          # refuse bad options before anything is written
