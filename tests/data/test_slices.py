@@ -407,7 +407,7 @@ def test_bench_dataset_on_phantoms(tmp_path, capsys):
     from mddose.data.phantom import write_phantoms
 
     write_phantoms(2, tmp_path / "pts", size=32, format="openkbp")
-    assert main(["bench", "dataset", "--data", str(tmp_path / "pts"), "--size", "32", "--json"]) == 0
+    assert main(["bench", "dataset", "--data", str(tmp_path / "pts"), "--size", "32", "--rois", "phantoms", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["patients"] == 2
     stages = out["stages"]

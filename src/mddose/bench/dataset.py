@@ -31,9 +31,10 @@ t0 = time.perf_counter()
 from mddose.data.inputs.slice_dataset import SliceDataset
 from mddose.data.inputs.slices import SliceConfig
 t_import = time.perf_counter() - t0
-dirs, size, dtype = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+dirs, size, dtype, rois = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+cfg = SliceConfig.for_phantoms(size=size) if rois == "phantoms" else SliceConfig(size=size)
 t0 = time.perf_counter()
-ds = SliceDataset(dirs, SliceConfig(size=size), dtype=dtype)
+ds = SliceDataset(dirs, cfg, dtype=dtype)
 t = time.perf_counter() - t0
 item = ds[len(ds) // 2]
 print(json.dumps({"seconds": t, "import_seconds": t_import, "slices": len(ds), "patients": len(ds.patient_ids),
@@ -48,6 +49,8 @@ def add_arguments(parser) -> None:
                              "folders (default: $MDDOSE_SHARED/openkbp or ../shared/openkbp)")
     parser.add_argument("--size", type=int_at_least(8), default=128, help="slice size (default 128)")
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    parser.add_argument("--rois", choices=("openkbp", "phantoms"), default="openkbp",
+                        help="the ROI channels: OpenKBP's (default) or those of mddose's phantoms")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -63,9 +66,9 @@ def _patient_dirs(data: Path) -> list[Path]:
     return patient_dirs(data)
 
 
-def _stage(dirs: list[Path], size: int, dtype: str, cache_dir: Path) -> dict:
+def _stage(dirs: list[Path], size: int, dtype: str, cache_dir: Path, rois: str = "openkbp") -> dict:
     env = dict(os.environ, MDDOSE_CACHE_DIR=str(cache_dir))
-    proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps([str(d) for d in dirs]), str(size), dtype],
+    proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps([str(d) for d in dirs]), str(size), dtype, rois],
                           env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or [""])[-1]
@@ -86,10 +89,10 @@ def run(args) -> int:
         raise MddoseError("--data: no patient folders found", data)
     tmp = Path(tempfile.mkdtemp(prefix="mddose-bench-dataset-"))
     try:
-        results = {"cold": _stage(dirs, args.size, args.dtype, tmp)}
+        results = {"cold": _stage(dirs, args.size, args.dtype, tmp, args.rois)}
         shutil.rmtree(tmp / "slices", ignore_errors=True)
-        results["slices-cold"] = _stage(dirs, args.size, args.dtype, tmp)
-        results["warm"] = _stage(dirs, args.size, args.dtype, tmp)
+        results["slices-cold"] = _stage(dirs, args.size, args.dtype, tmp, args.rois)
+        results["warm"] = _stage(dirs, args.size, args.dtype, tmp, args.rois)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     gib = 1024 ** 3
