@@ -47,3 +47,26 @@ def test_demo_trains_a_fixed_number_of_steps():
     cfg = load_train_config(builtin_config("demo"))
     assert cfg.time_budget_s is None and cfg.max_steps == 600
     assert DemoConfig().train_steps is None and DemoConfig().phantoms.seeds("test") == range(18, 22)
+
+
+def test_demo_force_keeps_the_previous_results_until_the_new_ones_are_complete(tmp_path, monkeypatch):
+    import mddose.train.trainer as trainer
+    from mddose.errors import MddoseError
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "summary.md").write_text("the previous demo")
+
+    def broken(*a, **k):
+        raise RuntimeError("killed in training")
+
+    monkeypatch.setattr(trainer, "train", broken)
+    cfg = DemoConfig(phantoms=PhantomSplit(train=1, val=0, test=1, size=32, seed=0), train_steps=1)
+    with pytest.raises(RuntimeError, match="killed in training"):
+        run_demo(out, config=cfg, force=True, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]           # put back, nothing left beside it
+    assert (out / "summary.md").read_text() == "the previous demo"
+    (tmp_path / ".demo.mddose-previous").mkdir()                          # left by a killed --force run
+    with pytest.raises(MddoseError, match="was interrupted"):
+        run_demo(out, config=cfg, force=True, progress=False)
+    assert (out / "summary.md").read_text() == "the previous demo"

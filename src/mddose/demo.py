@@ -66,16 +66,39 @@ def _phantom_summary(patients) -> list[dict]:
 
 def run_demo(out: str | Path = "mddose-demo", *, config: DemoConfig = DemoConfig(), force: bool = False,
              progress: bool = True) -> Path:
-    """Run the demo into ``out`` (refuses an existing ``out`` unless ``force``); returns ``out``."""
+    """Run the demo into ``out`` (refuses an existing ``out`` unless ``force``); returns ``out``.
+
+    With ``force`` an existing ``out`` is set aside (``.<name>.mddose-previous`` beside it) and deleted only once the
+    new demo is complete; a demo that fails or is interrupted puts it back. A setting-aside left by a killed run is
+    never deleted: the next ``--force`` is refused in one line naming it.
+    """
+    out = Path(out)
+    check_new_output(out, force)
+    previous = out.with_name(f".{out.name}.mddose-previous")
+    if previous.exists():
+        from mddose.errors import MddoseError
+        raise MddoseError(f"an earlier 'mddose demo --force' was interrupted: the results it replaced are in {previous}; "
+                          "move them back or away first", out)
+    if not out.exists():
+        return _run_demo(out, config, progress)
+    out.rename(previous)
+    try:
+        _run_demo(out, config, progress)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        previous.rename(out)
+        raise
+    shutil.rmtree(previous)
+    return out
+
+
+def _run_demo(out: Path, config: DemoConfig, progress: bool) -> Path:
+    """:func:`run_demo` into the new folder ``out``."""
     from mddose.data.io import save_patient
     from mddose.train.config import builtin_config, load_train_config
     from mddose.train.trainer import train
 
     t0 = time.perf_counter()
-    out = Path(out)
-    check_new_output(out, force)
-    if out.exists():
-        shutil.rmtree(out)
     out.mkdir(parents=True)
     c, split = config, config.phantoms
 
