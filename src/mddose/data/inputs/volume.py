@@ -398,6 +398,30 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch)) * 10_000_019 + int(index)
 
 
+def add_patients(items: Sequence, add: Callable[[Any], None], what: str, desc: str, progress: bool,
+                 any_added: Callable[[], bool]) -> list[tuple[str, str]]:
+    """Call ``add`` on every item of a dataset being built: a :class:`Patient` that fails raises, a directory that
+    fails is logged and returned as ``(path, message)``; nothing added at all (``any_added()`` false) → one-line
+    MddoseError ``"{what}: no usable patient (...)"``."""
+    bad: list[tuple[str, str]] = []
+    it: Any = items
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(items, desc=desc, unit="pt")
+    for item in it:
+        try:
+            add(item)
+        except Exception as exc:  # noqa: BLE001 - a directory that fails is reported, the rest go on
+            if isinstance(item, Patient):
+                raise
+            msg = describe_error(exc)
+            logger.warning("skipping patient %s: %s", item, msg)
+            bad.append((str(item), msg))
+    if not any_added():
+        raise MddoseError(f"{what}: no usable patient" + (f" ({bad[0][0]}: {bad[0][1]})" if bad else ""))
+    return bad
+
+
 class VolumeDataset(Dataset):
     """Whole volumes of some patients on the model grid, for training 3D regression models.
 
@@ -430,23 +454,8 @@ class VolumeDataset(Dataset):
         self.mask = np.empty((n, 1, *grid), dtype=bool)
         self.patient_ids: list[str] = []
         self.missing: dict[str, list[str]] = {}
-        self.bad: list[tuple[str, str]] = []
-        it: Any = items
-        if progress:
-            from tqdm import tqdm
-            it = tqdm(items, desc="building volumes", unit="pt")
-        for item in it:
-            try:
-                self._add(len(self.patient_ids), item)
-            except Exception as exc:  # noqa: BLE001 - a directory that fails is reported, the rest go on
-                if isinstance(item, Patient):
-                    raise
-                msg = describe_error(exc)
-                logger.warning("skipping patient %s: %s", item, msg)
-                self.bad.append((str(item), msg))
-        if not self.patient_ids:
-            raise MddoseError("volume dataset: no usable patient"
-                              + (f" ({self.bad[0][0]}: {self.bad[0][1]})" if self.bad else ""))
+        self.bad = add_patients(items, lambda item: self._add(len(self.patient_ids), item), "volume dataset",
+                                "building volumes", progress, lambda: bool(self.patient_ids))
         k = len(self.patient_ids)
         self.cond, self.dose, self.mask = self.cond[:k], self.dose[:k], self.mask[:k]
 

@@ -32,18 +32,17 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mddose.data.inputs.volume import VolumeConfig, augment_volume, item_seed, native_volume, tta_predict
+from mddose.data.inputs.volume import (VolumeConfig, add_patients, augment_volume, item_seed, native_volume,
+                                      tta_predict)
 from mddose.data.io import load_patient
 from mddose.data.patient import Patient
 from mddose.errors import MddoseError
-from mddose.utils.fs import describe_error
-from mddose.utils.log import logger
 
 Box = tuple[slice, slice, slice]
 
@@ -248,23 +247,8 @@ class CropPatchDataset(Dataset):
         self.boxes: list[Box] = []
         self.patient_ids: list[str] = []
         self.missing: dict[str, list[str]] = {}
-        self.bad: list[tuple[str, str]] = []
-        it: Any = items
-        if progress:
-            from tqdm import tqdm
-            it = tqdm(items, desc="building crops", unit="pt")
-        for item in it:
-            try:
-                self._add(item)
-            except Exception as exc:  # noqa: BLE001 - a directory that fails is reported, the rest go on
-                if isinstance(item, Patient):
-                    raise
-                msg = describe_error(exc)
-                logger.warning("skipping patient %s: %s", item, msg)
-                self.bad.append((str(item), msg))
-        if not self.patient_ids:
-            raise MddoseError("crop dataset: no usable patient"
-                              + (f" ({self.bad[0][0]}: {self.bad[0][1]})" if self.bad else ""))
+        self.bad = add_patients(items, self._add, "crop dataset", "building crops", progress,
+                                lambda: bool(self.patient_ids))
 
     def _add(self, item: Patient | str | os.PathLike) -> None:
         patient = item if isinstance(item, Patient) else load_patient(item)
