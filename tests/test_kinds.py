@@ -181,7 +181,7 @@ def test_a_toy_kinds_options_are_its_own(toy):
 @pytest.mark.parametrize("model, kind, section, data_key", [
     ("md-dose", "diffusion", "slices", "slice_config"), ("diffdp", "diffusion", "slices", "slice_config"),
     ("sp-diffdose", "diffusion", "slices", "slice_config"), ("c3d", "regression", "volume", "volume_config"),
-    ("hd-unet", "regression", "volume", "volume_config"),
+    ("hd-unet", "regression", "volume", "volume_config"), ("gbt", "tree", "features", "feature_config"),
 ])
 def test_every_registry_entry_points_to_its_kind(model, kind, section, data_key):
     k = registry.kind_of(model)
@@ -198,7 +198,7 @@ def test_an_unknown_kind_is_refused_in_one_line():
 
 
 @pytest.mark.parametrize("kind, options", [("diffusion", {"sampler": "ddim", "steps": 10, "eta": 0.0, "samples": 1}),
-                                           ("regression", {"tta": True})])
+                                           ("regression", {"tta": True}), ("tree", {})])
 def test_prediction_options_have_one_default_each_owned_by_the_kind(kind, options):
     from mddose.predict.options import resolve_options
 

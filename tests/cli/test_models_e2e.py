@@ -14,7 +14,7 @@ import pytest
 
 from mddose.cli.main import main
 
-CASES = [("c3d", {}), ("hd-unet", {}), ("diffdp", {}), ("sp-diffdose", {})] + [
+CASES = [("c3d", {}), ("hd-unet", {}), ("gbt", {}), ("diffdp", {}), ("sp-diffdose", {})] + [
     ("md-dose", {"structure_encoder": se}) for se in ("none", "conv", "transformer", "mamba")]
 IDS = [m if not o else f"md-dose-{o['structure_encoder']}" for m, o in CASES]
 

@@ -5,6 +5,7 @@ line here).
 """
 
 from mddose.kinds.base import ModelKind, TrainData, all_kinds, get_kind, register_kind
-from mddose.kinds import diffusion2d, prior, regression3d  # noqa: E402,F401  (registers "diffusion", "prior", "regression")
+from mddose.kinds import diffusion2d, prior, regression3d, tree  # noqa: E402,F401  (registers "diffusion", "prior",
+#                                                                    "regression", "tree")
 
 __all__ = ["ModelKind", "TrainData", "all_kinds", "get_kind", "register_kind"]

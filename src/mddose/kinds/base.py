@@ -51,6 +51,23 @@ class TrainData:
         return int(self.data_config.size)
 
 
+@dataclass
+class Fitted:
+    """What a fitting kind's :attr:`ModelKind.fit` returns: ``config`` — the model config's fields the fit
+    determined (e.g. the number of trees), ``state`` — the model's state dict as arrays, ``steps`` — fitting rounds
+    done (trees), ``complete`` — the fit reached its end (not stopped by the time budget), ``rows`` — training
+    samples, ``val_patients`` and ``skipped`` as in :class:`TrainData`, ``seconds`` — the time it took."""
+
+    config: dict[str, Any]
+    state: dict[str, Any]
+    steps: int
+    complete: bool
+    rows: int
+    seconds: float
+    val_patients: list = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
 class ModelKind:
     """Base of every kind (see the module docstring); subclasses set the class attributes and the methods."""
 
@@ -67,6 +84,11 @@ class ModelKind:
     options: dict[str, Any] = {}
     #: a computed method with no weights (its checkpoint is a config.json; :meth:`model` gives its module)
     weightless: bool = False
+    #: a kind whose models are fitted by the kind itself, not by gradient steps: a function
+    #: ``fit(cfg, model_config, *, progress, on_round) -> Fitted`` that ``mddose train`` calls instead of the
+    #: trainer (:func:`mddose.train.fitted.fit_run` builds, saves and validates the result; the tree ensembles:
+    #: :mod:`mddose.kinds.tree`); None: trained by gradient steps (:meth:`objective`)
+    fit: Callable[..., "Fitted"] | None = None
 
     # ------------------------------------------------------------------ inputs
     def parse_inputs(self, d: Any, *, phantoms: bool, where: str = "train config",

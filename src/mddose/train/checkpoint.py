@@ -167,7 +167,8 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, ema: nn.Module
     """Write a checkpoint directory atomically (replacing an existing one only once complete).
 
     Args:
-        config: from :func:`checkpoint_config`. state: JSON scalars (step, epoch, position, ...).
+        config: from :func:`checkpoint_config`. state: JSON scalars (step, epoch, position, elapsed, ...), written
+            with the optimizer's state, or alone (``train_state.json`` only) for a model fitted without one.
     ``config.json`` is written last, with ``config["files"]``: the size and SHA-256 of every other file.
     """
     path = Path(path)
@@ -181,6 +182,8 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, ema: nn.Module
             js = {"optimizer": j_opt, "rng": j_rng, "state": state or {},
                   "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None}
             _write_json(js, tmp / "train_state.json")
+        elif state is not None:          # a fitted model (a tree ensemble): its run's record, no optimizer
+            _write_json({"state": state}, tmp / "train_state.json")
         files = {f.name: file_record(f) for f in sorted(tmp.iterdir()) if f.name != "config.json"}
         _write_json(seal({**config, "files": files}), tmp / "config.json")
     return path

@@ -405,6 +405,11 @@ def train(config: TrainConfig | str | Path, out_dir: str | Path, *, resume: bool
         check_resume_config(cfg, last)      # before any data is read
     kind = cfg.kind
     mcfg = model_config_for(cfg, cfg.inputs.channels)   # validates model, preset, overrides before any data is read
+    if kind.fit is not None:                            # fitted by its kind (a tree ensemble), not by gradient steps
+        if init is not None:
+            raise MddoseError(f"--init: a {kind.words} is fitted from the start, it cannot be fine-tuned")
+        from mddose.train.fitted import fit_run
+        return fit_run(cfg, out, resume=resume, progress=progress, skipped=skipped)
     start = None
     if init is not None:
         from mddose.train.finetune import load_init
