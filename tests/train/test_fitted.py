@@ -86,3 +86,11 @@ def test_init_is_refused_and_a_missing_sklearn_is_said_in_one_line(tmp_path, mon
     monkeypatch.setitem(sys.modules, "sklearn.ensemble", None)
     with pytest.raises(MddoseError, match=r"needs scikit-learn: pip install 'mddose\[tree\]'"):
         train(_cfg(), tmp_path / "d", progress=False)
+
+
+def test_the_built_in_tree_config_reads_as_a_tree_on_the_shared_patients():
+    from mddose.train.config import builtin_config, load_train_config
+
+    cfg = load_train_config(builtin_config("openkbp-tree"))
+    assert cfg.kind.name == "tree" and cfg.model == "gbt" and cfg.inputs.voxels_per_patient == 20000
+    assert "prior_dose" in cfg.inputs.channel_names and len(cfg.data.train) == 2

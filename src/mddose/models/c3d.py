@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from mddose.errors import MddoseError
 from mddose.utils.config import check_grid_size, check_int_fields, check_int_tuple
 from mddose.models.registry import ModelConfig, register_model
-from mddose.nn.conv3d import UNet3d, check_volume
+from mddose.nn.conv3d import UNet3d, add_residual, check_residual_channel, check_volume
 
 NAME = "c3d"
 
@@ -47,6 +47,8 @@ class C3DConfig(ModelConfig):
     written here by the trainer and by the checkpoint loader); None = not known yet. A preset recommends one
     (``paper``: 128 = OpenKBP's native grid; ``small``: a coarser 64³, CPU-sized) as the default of
     ``volume.size``; any grid divisible by 2^(levels-1) is accepted by the network itself.
+    residual_channel: the residual form — the input channel (the prior dose) added to both outputs, so that the
+    networks predict dose minus prior; None = off. Written by the trainer from ``volume.residual``.
     """
 
     in_channels: int = 9
@@ -54,9 +56,11 @@ class C3DConfig(ModelConfig):
     widths_a: tuple[int, ...] = (16, 32, 64, 128, 256)
     widths_b: tuple[int, ...] = (32, 64, 128, 256, 512)
     grid_size: int | None = None
+    residual_channel: int | None = None
 
     def __post_init__(self):
         where = "c3d config"
+        check_residual_channel(where, self.residual_channel, self.in_channels)
         for name in ("widths_a", "widths_b"):
             check_int_tuple(where, self, name)
         if len(self.widths_a) != len(self.widths_b):
@@ -96,13 +100,14 @@ class C3D(nn.Module):
 
     def forward(self, cond: Tensor) -> Tensor:
         """cond: (B, C, D, H, W) → out_B (B, out_channels, D, H, W); head A is not evaluated."""
-        return self.head_b(self._features(cond)[1])
+        return add_residual(self.head_b(self._features(cond)[1]), cond, self.config.residual_channel)
 
     def training_outputs(self, cond: Tensor) -> list[tuple[float, Tensor]]:
         """cond: (B, C, D, H, W) → ``[(0.5, out_A), (1.0, out_B)]``, each (B, out_channels, D, H, W)."""
         f_a, f_b = self._features(cond)
         w_a, w_b = self.LOSS_WEIGHTS
-        return [(w_a, self.head_a(f_a)), (w_b, self.head_b(f_b))]
+        k = self.config.residual_channel
+        return [(w_a, add_residual(self.head_a(f_a), cond, k)), (w_b, add_residual(self.head_b(f_b), cond, k))]
 
 
 PRESETS = {

@@ -31,7 +31,8 @@ from torch import Tensor, nn
 from mddose.errors import MddoseError
 from mddose.utils.config import check_grid_size, check_int_fields, check_int_tuple
 from mddose.models.registry import ModelConfig, register_model
-from mddose.nn.conv3d import ConvUnit3d, DenseDown3d, DenseUnit3d, UpConv3d, check_volume
+from mddose.nn.conv3d import (ConvUnit3d, DenseDown3d, DenseUnit3d, UpConv3d, add_residual, check_residual_channel,
+                               check_volume)
 
 NAME = "hd-unet"
 
@@ -50,6 +51,8 @@ class HDUNetConfig(ModelConfig):
     written here by the trainer and by the checkpoint loader); None = not known yet. A preset recommends one
     (``paper``: 128 = OpenKBP's native grid; ``small``: a coarser 64³, CPU-sized) as the default of
     ``volume.size``; any grid divisible by 2^(levels-1) is accepted by the network itself.
+    residual_channel: the residual form — the input channel (the prior dose) added to the output, so that the
+    network predicts dose minus prior; None = off. Written by the trainer from ``volume.residual``.
     """
 
     in_channels: int = 9
@@ -61,9 +64,11 @@ class HDUNetConfig(ModelConfig):
     decoder_widths: tuple[int, ...] = (256, 128, 64, 32)
     up_channels: int = 64
     grid_size: int | None = None
+    residual_channel: int | None = None
 
     def __post_init__(self):
         where = "hd-unet config"
+        check_residual_channel(where, self.residual_channel, self.in_channels)
         check_int_tuple(where, self, "decoder_widths", allow_empty=True)
         check_int_fields(where, self, ("in_channels", "out_channels", "growth", "levels", "up_channels"))
         check_int_fields(where, self, ("encoder_units", "bottleneck_units"), minimum=0)
@@ -121,7 +126,7 @@ class HDUNet(nn.Module):
         skips.pop()
         for up, dec in zip(self.up, self.decoder):
             x = dec(torch.cat([up(x), skips.pop()], dim=1))
-        return self.head(x)
+        return add_residual(self.head(x), cond, self.config.residual_channel)
 
     def training_outputs(self, cond: Tensor) -> list[tuple[float, Tensor]]:
         """cond: (B, C, D, H, W) → ``[(1.0, dose/70 (B, out_channels, D, H, W))]``."""

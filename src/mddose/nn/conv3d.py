@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mddose.errors import MddoseError
+
 
 def init_kaiming_(module: nn.Module) -> nn.Module:
     """Kaiming-uniform (fan_in, ReLU) Conv3d weights, zero biases, unit/zero InstanceNorm3d affines. In place."""
@@ -160,3 +162,16 @@ def check_volume(model: str, cond: Tensor, in_channels: int, levels: int) -> Non
     if (d // mult) * (h // mult) * (w // mult) < 2:
         raise ValueError(f"{model}: volume {d}x{h}x{w} is a single voxel at the coarsest of {levels} levels; "
                          f"use at least {2 * mult} voxels along one axis")
+
+
+def check_residual_channel(where: str, channel: int | None, in_channels: int) -> None:
+    """One-line MddoseError ``{where}: ...`` unless ``channel`` is None or an input channel index."""
+    if channel is not None and (isinstance(channel, bool) or not isinstance(channel, int)
+                                or not 0 <= channel < in_channels):
+        raise MddoseError(f"{where}: residual_channel must be an input channel (0..{in_channels - 1}) or null, "
+                          f"got {channel!r}")
+
+
+def add_residual(out: Tensor, cond: Tensor, channel: int | None) -> Tensor:
+    """The residual form: ``out (B, 1, D, H, W) + cond[:, channel]`` (the prior dose), or ``out`` (channel None)."""
+    return out if channel is None else out + cond[:, channel:channel + 1]

@@ -195,6 +195,8 @@ class TrainConfig:
         if grid:
             raise MddoseError(f"{w}: model_overrides.{grid[0]}: the grid is the data's; set "
                               f"{self.kind.section}.size instead")
+        if "residual_channel" in self.model_overrides:
+            raise MddoseError(f"{w}: model_overrides.residual_channel: set {self.kind.section}.residual instead")
         for k, lo, optional in _INTS:
             if getattr(self, k) is not None or not optional:
                 check_number(w, k, getattr(self, k), integer=True, at_least=lo)

@@ -363,11 +363,16 @@ class Trainer:
 def model_config_for(cfg: TrainConfig, channels: int, grid: int | None = None):
     """The model config of a run: ``cfg.model`` + ``cfg.preset`` + ``in_channels`` + ``cfg.model_overrides``, with
     the data's ``grid`` (default: ``cfg.inputs.size``) in the config's ``image_size`` / ``grid_size`` field when
-    it has one (the grid is the data's: ``model_overrides`` may not set it)."""
+    it has one (the grid is the data's: ``model_overrides`` may not set it), and the residual form's input channel
+    in ``residual_channel`` (from the inputs' ``residual``; nor may ``model_overrides`` set it)."""
     from mddose.models.registry import make_config
     mcfg = make_config(cfg.model, cfg.preset, **{"in_channels": channels, **cfg.model_overrides})
     grid = int(grid or cfg.inputs.size)
-    return dataclasses.replace(mcfg, **{k: grid for k in GRID_FIELDS if hasattr(mcfg, k)})
+    mcfg = dataclasses.replace(mcfg, **{k: grid for k in GRID_FIELDS if hasattr(mcfg, k)})
+    residual = getattr(cfg.inputs, "residual_channel", None)
+    if residual is not None and not hasattr(mcfg, "residual_channel"):
+        raise MddoseError(f"train config: {cfg.kind.section}.residual: model {cfg.model} has no residual form")
+    return dataclasses.replace(mcfg, residual_channel=residual) if hasattr(mcfg, "residual_channel") else mcfg
 
 
 def build_model_for(cfg: TrainConfig, channels: int, grid: int | None = None) -> nn.Module:

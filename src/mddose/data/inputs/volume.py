@@ -93,6 +93,8 @@ class VolumeConfig(InputConfig):
             model was trained on) or the whole crop in one pass (``"whole"``).
         priors: dose priors as extra channels (a :class:`~mddose.data.priors.PriorsSpec`, JSON object, or None:
             none), after the others (:mod:`mddose.data.inputs.prior_channels`).
+        residual: the residual form — the model predicts dose minus the prior dose (its ``prior_dose`` channel,
+            which ``priors`` must hold, is added to its output: :attr:`residual_channel`).
     """
 
     size: int = 128
@@ -109,6 +111,7 @@ class VolumeConfig(InputConfig):
     crop_margin: int = 8
     crop_predict: str = "windows"
     priors: Any = None
+    residual: bool = False
 
     WHERE = "volume config"
 
@@ -130,15 +133,22 @@ class VolumeConfig(InputConfig):
             raise MddoseError(f"{w}: grid must be one of {GRIDS}, got {self.grid!r}")
         if self.crop_predict not in CROP_PREDICT:
             raise MddoseError(f"{w}: crop_predict must be one of {CROP_PREDICT}, got {self.crop_predict!r}")
-        for key in ("flip", "rotate"):
+        for key in ("flip", "rotate", "residual"):
             flag(w, key, getattr(self, key))
         self._check_priors()
+        if self.residual and "prior_dose" not in self.prior_names:
+            raise MddoseError(f"{w}: residual needs the prior dose as an input: add \"prior_dose\" to priors.names")
         from mddose.data.inputs.prior_channels import check_augmentation
 
         check_augmentation(w, self.priors, self.prior_names, flip_x=self.flip,
                            rotations_deg=[ROTATE_STEP_DEG * k for k in range(1, 360 // ROTATE_STEP_DEG)]
                            if self.rotate else ())
         check_fits_memory(w, self.size, self.channels, 3, f"{self.size}³ volume")
+
+    @property
+    def residual_channel(self) -> int | None:
+        """The input channel the model adds to its output (the prior dose) with :attr:`residual`, else None."""
+        return self.channel_names.index("prior_dose") if self.residual else None
 
     # ------------------------------------------------------------------ presets
     @classmethod
