@@ -94,3 +94,10 @@ def test_the_built_in_tree_config_reads_as_a_tree_on_the_shared_patients():
     cfg = load_train_config(builtin_config("openkbp-tree"))
     assert cfg.kind.name == "tree" and cfg.model == "gbt" and cfg.inputs.voxels_per_patient == 20000
     assert "prior_dose" in cfg.inputs.channel_names and len(cfg.data.train) == 2
+
+
+def test_a_fit_under_torchrun_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(MddoseError, match="fitted in one process: run mddose train without torchrun"):
+        train(_cfg(), tmp_path / "e", progress=False)
+    assert not (tmp_path / "e").exists()

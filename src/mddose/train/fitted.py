@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 
 import torch
 
+from mddose.errors import MddoseError
 from mddose.utils.fs import atomic_dir, atomic_write
 from mddose.utils.log import logger
 
@@ -42,6 +44,8 @@ def fit_run(cfg, out: Path, *, resume: bool = False, progress: bool = True,
 
     out = Path(out)
     kind = cfg.kind
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise MddoseError(f"a {kind.words} is fitted in one process: run mddose train without torchrun")
     last = find_last(out)
     if resume and last is not None and _complete(last):
         logger.info("the fit in %s is complete", out)
