@@ -33,3 +33,13 @@ def option_help(kind: str, name: str, text: str | Callable[[], str]) -> LazyHelp
         text_ = text() if callable(text) else text
         return f"{text_} ({models}; default: the checkpoint's, else {default!r})".replace("%", "%%")
     return LazyHelp(make)
+
+
+def models_help(text: str) -> LazyHelp:
+    """``text`` + every registered model with its kind, e.g. ``(md-dose: 2D diffusion model, ...)``."""
+    def make() -> str:
+        from mddose.models import available_models, kind_of
+
+        models = ", ".join(f"{m}: {kind_of(m).words}" for m in available_models())
+        return f"{text} (models: {models})".replace("%", "%%")
+    return LazyHelp(make)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mddose.cli.lazy import option_help
+from mddose.cli.lazy import models_help, option_help
 
 #: the output formats of ``mddose.predict.files.OUTPUT_FORMATS`` (a test checks they agree; importing that module
 #: here would load torch when the parser is built)
@@ -24,7 +24,8 @@ def samplers_text() -> str:
 def register(sub) -> None:
     p = sub.add_parser("predict", help="predict the 3D dose of patients with a trained checkpoint")
     p.add_argument("--checkpoint", required=True,
-                   help="checkpoint directory, or the name of a checkpoint shipped with mddose (mddose models)")
+                   help=models_help("checkpoint directory of any model, or the name of a checkpoint shipped with "
+                                    "mddose (mddose models)"))
     p.add_argument("--input", required=True, help="a patient directory or a directory of patients (any format)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--format", default="openkbp", choices=OUTPUT_FORMATS, help="output format")

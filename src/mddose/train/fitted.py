@@ -33,26 +33,24 @@ def _complete(last: Path) -> bool:
         return False
 
 
-def fit_run(cfg, out: Path, *, resume: bool = False, progress: bool = True,
+def fit_run(cfg, mcfg, out: Path, *, last: Path | None = None, resume: bool = False, progress: bool = True,
             skipped: list[tuple[str, str]] | None = None) -> Path:
-    """Fit the model of train config ``cfg`` (resolved, its kind has a ``fit``) into ``out``; returns ``out/best``."""
+    """Fit the model of train config ``cfg`` (resolved, its kind has a ``fit``; ``mcfg``: its model config) into
+    ``out`` (``last``: the run's last checkpoint there, if any); returns ``out/best``."""
     from mddose.kinds import TrainData
     from mddose.models.registry import build_model
     from mddose.train.checkpoint import checkpoint_config, save_checkpoint
     from mddose.train.logs import RunLogger
-    from mddose.train.trainer import find_last, model_config_for
 
     out = Path(out)
     kind = cfg.kind
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise MddoseError(f"a {kind.words} is fitted in one process: run mddose train without torchrun")
-    last = find_last(out)
     if resume and last is not None and _complete(last):
         logger.info("the fit in %s is complete", out)
         return out / "best" if (out / "best").is_dir() else last
     if resume:
         logger.info("a fitted %s keeps no optimizer state: fitting it again from the start", kind.words)
-    mcfg = model_config_for(cfg, cfg.inputs.channels)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "train_config.json", "w") as fh:
         json.dump(cfg.to_dict(), fh, indent=1)

@@ -414,7 +414,7 @@ def train(config: TrainConfig | str | Path, out_dir: str | Path, *, resume: bool
         if init is not None:
             raise MddoseError(f"--init: a {kind.words} is fitted from the start, it cannot be fine-tuned")
         from mddose.train.fitted import fit_run
-        return fit_run(cfg, out, resume=resume, progress=progress, skipped=skipped)
+        return fit_run(cfg, mcfg, out, last=last, resume=resume, progress=progress, skipped=skipped)
     start = None
     if init is not None:
         from mddose.train.finetune import load_init
