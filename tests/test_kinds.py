@@ -198,7 +198,7 @@ def test_an_unknown_kind_is_refused_in_one_line():
 
 
 @pytest.mark.parametrize("kind, options", [("diffusion", {"sampler": "ddim", "steps": 10, "eta": 0.0, "samples": 1}),
-                                           ("regression", {"tta": True}), ("tree", {})])
+                                           ("regression", {"tta": True}), ("tree", {"smooth": 0.0})])
 def test_prediction_options_have_one_default_each_owned_by_the_kind(kind, options):
     from mddose.predict.options import resolve_options
 

@@ -53,7 +53,7 @@ def test_the_loaded_fit_predicts_a_dose_on_the_patients_grid(run):
 
     bundle = load_checkpoint(run[1])
     p = make_phantom(seed=40, size=32)
-    dose, std = bundle.model_kind.predict(bundle, p, {}, batch=1, seed=0, progress=False)
+    dose, std = bundle.model_kind.predict(bundle, p, {"smooth": 0.0}, batch=1, seed=0, progress=False)
     assert std is None and dose.shape == p.shape and dose.dtype == np.float32
     assert (dose >= 0).all() and not dose[~p.dose_mask()].any() and dose[p.dose_mask()].any()
     np.testing.assert_array_equal(dose, predict_tree(bundle.model, p, bundle.data_config))
@@ -101,3 +101,52 @@ def test_a_fit_under_torchrun_is_refused_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(MddoseError, match="fitted in one process: run mddose train without torchrun"):
         train(_cfg(), tmp_path / "e", progress=False)
     assert not (tmp_path / "e").exists()
+
+
+def test_smoothing_stays_inside_the_mask_keeps_a_constant_and_calms_noise():
+    from mddose.kinds.tree import smooth_in_mask
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((12, 16, 16), bool)
+    mask[2:10, 3:13, 4:12] = True
+    const = np.where(mask, 50.0, 0).astype(np.float32)
+    out = smooth_in_mask(const, mask, (2.5, 4.0, 4.0), 6.0)
+    np.testing.assert_allclose(out[mask], 50.0, rtol=1e-5)              # the edge is not pulled towards 0
+    assert not out[~mask].any() and out.dtype == np.float32
+    noisy = np.where(mask, 50.0 + rng.normal(0, 5, mask.shape), 0).astype(np.float32)
+    assert smooth_in_mask(noisy, mask, (2.5, 4.0, 4.0), 0.0) is noisy
+    assert smooth_in_mask(noisy, mask, (2.5, 4.0, 4.0), 4.0)[mask].std() < 0.5 * noisy[mask].std()
+
+
+def test_predict_and_export_take_the_smoothing_of_a_tree_only(run, tmp_path, capsys):
+    from mddose.cli.main import main
+    from mddose.data.formats.nifti import read_nifti_array
+    from mddose.data.io import load_patient, save_patient
+    from mddose.data.phantom import make_phantom
+    from mddose.kinds.tree import predict_tree, smooth_in_mask
+    from mddose.train.checkpoint import load_checkpoint
+
+    p = make_phantom(seed=41, size=32)
+    p.id = "pt_1"
+    save_patient(p, tmp_path / "in" / "pt_1", "nifti")
+    best = run[1]
+    assert main(["export", str(best), str(tmp_path / "e"), "--smooth", "5"]) == 0
+    assert json.loads((tmp_path / "e" / "config.json").read_text())["predict"] == {"smooth": 5.0}
+    assert main(["predict", "--checkpoint", str(tmp_path / "e"), "--input", str(tmp_path / "in"), "--out",
+                 str(tmp_path / "p"), "--format", "nifti"]) == 0
+    bundle = load_checkpoint(best)
+    p = load_patient(tmp_path / "in" / "pt_1")
+    raw = predict_tree(bundle.model, p, bundle.data_config)
+    got = read_nifti_array(tmp_path / "p" / "pt_1.nii.gz")[0]
+    np.testing.assert_allclose(got, smooth_in_mask(raw, p.dose_mask(), p.spacing, 5.0), atol=1e-4)
+    assert np.abs(got - raw).max() > 0.01                                # the recorded default was used
+    assert main(["predict", "--checkpoint", str(tmp_path / "e"), "--input", str(tmp_path / "in"), "--out",
+                 str(tmp_path / "q"), "--format", "nifti", "--smooth", "0"]) == 0
+    np.testing.assert_allclose(read_nifti_array(tmp_path / "q" / "pt_1.nii.gz")[0], raw, atol=1e-4)
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(best), "--input", str(tmp_path / "in"), "--out",
+                 str(tmp_path / "r"), "--smooth", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--smooth: smooth must be 0 .. 20 mm, got -1.0" in err and err.count("\n") == 1
+    assert main(["export", str(best), str(tmp_path / "f"), "--smooth", "nan"]) == 2
+    assert "--smooth" in capsys.readouterr().err and not (tmp_path / "f").exists()

@@ -17,6 +17,8 @@ def register(sub) -> None:
     p.add_argument("--sampler", help="sampler `mddose predict` uses with this checkpoint by default (ddim | ddpm | "
                    "dpmpp2m)")
     p.add_argument("--steps", type=int, help="sampler steps `mddose predict` uses with this checkpoint by default")
+    p.add_argument("--smooth", type=float, metavar="MM",
+                   help="tree ensembles: the smoothing (mm) `mddose predict` uses with this checkpoint by default")
     p.set_defaults(func=_run)
 
 
@@ -32,11 +34,14 @@ def _run(args) -> int:
             card = Path(args.card).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise MddoseError(f"cannot read the model card ({exc})", args.card) from None
-    predict = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps)) if v is not None}
+    given = (("diffusion", "sampler", args.sampler), ("diffusion", "steps", args.steps),
+             ("tree", "smooth", args.smooth))
+    predict = {k: v for _, k, v in given if v is not None}
     from mddose.kinds import get_kind
 
-    for k, v in predict.items():                 # the option is wrong, not the checkpoint: said before reading it
-        get_kind("diffusion").check_option(k, v, f"--{k}")
+    for kind, k, v in given:                     # the option is wrong, not the checkpoint: said before reading it
+        if v is not None:
+            get_kind(kind).check_option(k, v, f"--{k}")
     from mddose.utils.lock import check_not_own_input, output_lock
 
     check_not_own_input(args.out, args.checkpoint, out_name="OUT", input_name="CHECKPOINT")

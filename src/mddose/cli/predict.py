@@ -41,6 +41,10 @@ def register(sub) -> None:
     r.add_argument("--no-tta", dest="tta", action="store_const", const=False, default=None,
                    help=option_help("regression", "tta", "one forward pass instead of the mean over four flips "
                                                         "(test-time augmentation; tta)"))
+    t = p.add_argument_group("tree ensembles only")
+    t.add_argument("--smooth", type=float, default=None, metavar="MM",
+                   help=option_help("tree", "smooth", "Gaussian smoothing (mm, standard deviation) of the trees' "
+                                                      "dose inside the possible-dose mask; 0: none"))
     p.add_argument("--beams", default=None, metavar="ANGLES",
                    help="gantry angles (degrees, IEC 61217, comma-separated) of the fields of patients without an "
                         "RTPLAN, for a model trained with beam priors (default: those it was trained with)")
@@ -63,7 +67,7 @@ def _run(args) -> int:
     with output_lock(args.out):
         done, errors = predict_to_dir(
             args.checkpoint, args.input, args.out, fmt=args.format, sampler=args.sampler, steps=args.steps,
-            eta=args.eta, samples=args.samples, tta=args.tta, batch=args.batch,
+            eta=args.eta, samples=args.samples, tta=args.tta, smooth=args.smooth, batch=args.batch,
             force=args.force, seed=args.seed, beams=args.beams, device=args.device, progress=sys.stderr.isatty())
     print(f"predicted {len(done)} patient(s) into {args.out}")
     if not errors:

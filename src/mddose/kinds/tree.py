@@ -18,8 +18,10 @@ the targets' centre), boosted regression trees (the module :class:`mddose.models
      after each round the mean absolute error (Gy) on a fixed sample of the training rows is reported;
   3. **export** of the trees into the arrays of :class:`~mddose.models.gbt.TreeEnsemble`
      (:func:`ensemble_arrays`): safetensors like every model's weights, nothing pickled;
-* prediction: every voxel of the possible-dose mask through the trees, clipped at 0 Gy, zero elsewhere; no
-  options; needs no scikit-learn.
+* prediction: every voxel of the possible-dose mask through the trees, clipped at 0 Gy, zero elsewhere; needs no
+  scikit-learn. Option ``smooth`` (mm, default 0 = none): a Gaussian of that standard deviation applied inside the
+  possible-dose mask (:func:`smooth_in_mask`) — the trees see each voxel alone, so neighbouring voxels' doses are
+  noisy; a shipped checkpoint records the value chosen for it (``mddose export --smooth``).
 """
 
 from __future__ import annotations
@@ -40,12 +42,29 @@ from mddose.kinds.base import Fitted, ModelKind, register_kind
 ROUND = 20
 #: Training rows the reported training error is measured on.
 PROBE_ROWS = 20000
+#: The largest ``smooth`` (mm) accepted: beyond it the dose's steps at the targets' edges are washed out.
+MAX_SMOOTH_MM = 20.0
 
 
 # ---------------------------------------------------------------------------- prediction
-def predict_tree(model: nn.Module, patient, cfg: FeatureConfig) -> np.ndarray:
+def smooth_in_mask(dose: np.ndarray, mask: np.ndarray, spacing, sigma_mm: float) -> np.ndarray:
+    """(Z, Y, X) float32: ``dose`` smoothed by a Gaussian of ``sigma_mm`` (mm, on each axis by its ``spacing``)
+    using only the voxels of ``mask`` (normalised convolution: what lies outside the mask neither enters nor
+    dilutes), zero outside ``mask``; ``sigma_mm`` 0 returns ``dose`` as it is."""
+    from scipy import ndimage
+
+    if sigma_mm <= 0:
+        return dose
+    sigma = tuple(sigma_mm / float(s) for s in spacing)
+    m = mask.astype(np.float32)
+    num = ndimage.gaussian_filter(np.where(mask, dose, 0).astype(np.float32), sigma, mode="constant")
+    den = ndimage.gaussian_filter(m, sigma, mode="constant")
+    return np.where(mask, num / np.maximum(den, 1e-6), 0).astype(np.float32)
+
+
+def predict_tree(model: nn.Module, patient, cfg: FeatureConfig, smooth: float = 0.0) -> np.ndarray:
     """(Z, Y, X) float32 Gy: the ensemble's dose of every voxel of the patient's possible-dose mask (≥ 0), zero
-    elsewhere."""
+    elsewhere; smoothed inside that mask by a Gaussian of ``smooth`` mm (:func:`smooth_in_mask`; 0: not)."""
     from mddose.data.inputs.features import patient_rows
 
     rows, mask = patient_rows(patient, cfg)
@@ -54,7 +73,7 @@ def predict_tree(model: nn.Module, patient, cfg: FeatureConfig) -> np.ndarray:
         device = next((b.device for b in model.buffers()), torch.device("cpu"))
         pred = model.predict_rows(torch.from_numpy(rows).to(device)).cpu().numpy()
         dose[mask] = np.clip(pred, 0.0, None)
-    return dose
+    return smooth_in_mask(dose, mask, patient.spacing, smooth)
 
 
 def tree_dose_score(model: nn.Module, patients: Sequence, cfg: FeatureConfig) -> float:
@@ -195,7 +214,7 @@ class TreeKind(ModelKind):
     section = "features"
     data_key = "feature_config"
     input_config = FeatureConfig
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"smooth": 0.0}
     fit = staticmethod(fit_trees)
 
     def build_data(self, cfg, *, progress: bool = False):
@@ -206,8 +225,13 @@ class TreeKind(ModelKind):
         """The validation score of a fitted ensemble (no loss: it is not trained by gradient)."""
         return _TreeScore()
 
+    def check_option(self, name: str, value: Any, where: str) -> None:
+        super().check_option(name, value, where)
+        if name == "smooth" and not 0 <= value <= MAX_SMOOTH_MM:
+            raise MddoseError(f"{where}: smooth must be 0 .. {MAX_SMOOTH_MM:g} mm, got {value!r}")
+
     def predict(self, bundle, patient, opts: dict, *, batch: int, seed: int, progress: bool):
-        return predict_tree(bundle.model, patient, bundle.data_config), None
+        return predict_tree(bundle.model, patient, bundle.data_config, float(opts["smooth"])), None
 
     def iteration(self, model: nn.Module, channels: int, size: int,
                   device: str = "cpu") -> tuple[Callable[[], Any], str]:

@@ -74,8 +74,8 @@ def _refuse_duplicates(loaded: list[tuple[str, Patient]]) -> tuple[list[tuple[st
 
 def predict_to_dir(checkpoint: str | Path, input_path: str | Path, out: str | Path, *, fmt: str = "openkbp",
                    sampler: str | None = None, steps: int | None = None, eta: float | None = None,
-                   samples: int | None = None, tta: bool | None = None, batch: int = 8,
-                   force: bool = False, seed: int = 0, beams=None,
+                   samples: int | None = None, tta: bool | None = None, smooth: float | None = None,
+                   batch: int = 8, force: bool = False, seed: int = 0, beams=None,
                    device: str = "auto", progress: bool = True) -> tuple[list[str], list[tuple[str, str]]]:
     """Predict every patient under ``input_path`` and write them into ``out`` — and nowhere else.
 
@@ -112,7 +112,7 @@ def predict_to_dir(checkpoint: str | Path, input_path: str | Path, out: str | Pa
     bundle = load_checkpoint(checkpoint)
     bundle = with_beams(bundle, arrangement, f"checkpoint {checkpoint.name}")
     opts = resolve_options(bundle.kind, model_name(bundle), checkpoint_defaults(bundle), sampler=sampler,
-                           steps=steps, eta=eta, samples=samples, tta=tta)
+                           steps=steps, eta=eta, samples=samples, tta=tta, smooth=smooth)
     loaded, errors = _load_all(input_path, progress)
     loaded, dup_errors = _refuse_duplicates(loaded)
     errors += dup_errors

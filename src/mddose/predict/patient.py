@@ -78,8 +78,8 @@ def _check_prediction(pred: "Prediction", patient: Patient) -> None:
 
 
 def predict_patient(bundle, patient: Patient, *, sampler: str | None = None, steps: int | None = None,
-                    eta: float | None = None, samples: int | None = None, tta: bool | None = None, batch: int = 8,
-                    seed: int = 0, progress: bool = False) -> Prediction:
+                    eta: float | None = None, samples: int | None = None, tta: bool | None = None,
+                    smooth: float | None = None, batch: int = 8, seed: int = 0, progress: bool = False) -> Prediction:
     """Predict the 3D dose of one patient with a loaded checkpoint ``bundle`` (any kind of model).
 
     Args:
@@ -89,6 +89,7 @@ def predict_patient(bundle, patient: Patient, *, sampler: str | None = None, ste
             checkpoint's own (:func:`~mddose.predict.options.checkpoint_defaults`), else DDIM, 10, 0).
         samples: diffusion models only: K samples per slice; K > 1 also gives the std map (default 1).
         tta: 3D regression models only: mean of four flips (default True).
+        smooth: tree ensembles only: Gaussian smoothing (mm) inside the possible-dose mask (default 0: none).
         batch: slices per sampler call (each call runs ``batch * samples`` images).
         seed: seed of the sampler's noise (predictions are reproducible).
 
@@ -97,7 +98,7 @@ def predict_patient(bundle, patient: Patient, *, sampler: str | None = None, ste
     prediction (a broken checkpoint).
     """
     opts = resolve_options(bundle.kind, model_name(bundle), checkpoint_defaults(bundle), sampler=sampler,
-                           steps=steps, eta=eta, samples=samples, tta=tta)
+                           steps=steps, eta=eta, samples=samples, tta=tta, smooth=smooth)
     return predict_resolved(bundle, patient, opts, batch=batch, seed=seed, progress=progress)
 
 
