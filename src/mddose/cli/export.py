@@ -34,14 +34,12 @@ def _run(args) -> int:
             card = Path(args.card).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise MddoseError(f"cannot read the model card ({exc})", args.card) from None
-    given = (("diffusion", "sampler", args.sampler), ("diffusion", "steps", args.steps),
-             ("tree", "smooth", args.smooth))
-    predict = {k: v for _, k, v in given if v is not None}
-    from mddose.kinds import get_kind
+    predict = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("smooth", args.smooth))
+               if v is not None}
+    from mddose.kinds import all_kinds
 
-    for kind, k, v in given:                     # the option is wrong, not the checkpoint: said before reading it
-        if v is not None:
-            get_kind(kind).check_option(k, v, f"--{k}")
+    for k, v in predict.items():                 # the option is wrong, not the checkpoint: said before reading it
+        next(kind for kind in all_kinds().values() if k in kind.options).check_option(k, v, f"--{k}")
     from mddose.utils.lock import check_not_own_input, output_lock
 
     check_not_own_input(args.out, args.checkpoint, out_name="OUT", input_name="CHECKPOINT")
