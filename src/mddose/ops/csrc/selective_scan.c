@@ -121,23 +121,29 @@ int SFX(scan_max_state)(void) { return MAXN; }
 int SFX(scan_max_directions)(void) { return MAXK; }
 
 /* dt[l] = softplus?(delta[l] + bias); sig[l] = d dt / d delta (only if sig != NULL). */
-static void compute_dt(const real *restrict delta, real bias, int softplus, int64_t L,
-                       real *restrict dt, real *restrict sig) {
+/* dt = delta + bias, through softplus when asked (the forward's and the backward's tiles). */
+static void compute_dt(const real *restrict delta, real bias, int softplus, int64_t L, real *restrict dt) {
     if (!softplus) {
 #pragma omp simd
         for (int64_t l = 0; l < L; l++) dt[l] = delta[l] + bias;
-        if (sig) for (int64_t l = 0; l < L; l++) sig[l] = (real)1;
         return;
     }
 #pragma omp simd
     for (int64_t l = 0; l < L; l++) dt[l] = softplus_(delta[l] + bias);
-    if (sig) {
+}
+
+/* d dt / d delta: sigmoid(delta + bias) under softplus, else 1 (the backward's last step; dt itself is not
+ * recomputed there). */
+static void compute_dt_grad(const real *restrict delta, real bias, int softplus, int64_t L, real *restrict sig) {
+    if (!softplus) {
+        for (int64_t l = 0; l < L; l++) sig[l] = (real)1;
+        return;
+    }
 #pragma omp simd
-        for (int64_t l = 0; l < L; l++) {
-            real x = delta[l] + bias;
-            x = x < (real)-80 ? (real)-80 : x;
-            sig[l] = (real)1 / ((real)1 + FEXP(-x));
-        }
+    for (int64_t l = 0; l < L; l++) {
+        real x = delta[l] + bias;
+        x = x < (real)-80 ? (real)-80 : x;
+        sig[l] = (real)1 / ((real)1 + FEXP(-x));
     }
 }
 
@@ -227,7 +233,7 @@ static void load_tiles(const job_t *j, int64_t b, int64_t d0, int64_t nw, real *
         for (int64_t w = 0; w < nw; w++) {
             const int64_t bd = b * j->dim + d0 + w;
             const real *ur = j->u + bd * L + l0;
-            compute_dt(j->delta + bd * L + l0, j->dbias ? j->dbias[d0 + w] : (real)0, j->softplus, nl, line, NULL);
+            compute_dt(j->delta + bd * L + l0, j->dbias ? j->dbias[d0 + w] : (real)0, j->softplus, nl, line);
             for (int64_t i = 0; i < nl; i++) {
                 dtT[(l0 + i) * VW + w] = line[i];
                 uT[(l0 + i) * VW + w] = ur[i];
