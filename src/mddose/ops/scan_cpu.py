@@ -1,12 +1,18 @@
 """Fast CPU selective scan: a fused C kernel (csrc/selective_scan.c) built lazily and called via ctypes.
 
 The kernel is compiled on first use with the system C compiler (``$CC`` or ``gcc``) using
-``-O3 -march=native -ffast-math -fopenmp-simd -pthread`` (plus ``-mprefer-vector-width=512`` on x86 CPUs with
+``-O3 -march=native -ffast-math -fPIC -pthread -fopenmp`` (plus ``-mprefer-vector-width=512`` on x86 CPUs with
 AVX-512; the source is ``csrc/selective_scan.c`` with the backward in ``csrc/selective_scan_bwd.inc``) (compiled, then linked *without*
 ``-ffast-math`` so that ``crtfastmath.o`` does not switch the whole process to flush-to-zero), and
 cached in ``$MDDOSE_CACHE_DIR/kernels`` (default ``~/.cache/mddose/kernels``) under a name keyed by
 a hash of the source, the flags, the compiler command and the CPU (model and feature flags).
-Compilation writes a temporary file and renames it, so concurrent processes are safe.  If the compiler is missing or fails, a warning is
+Compilation writes a temporary file and renames it, so concurrent processes are safe.
+
+Threads: built with ``-fopenmp`` the kernel runs its rows on the process's OpenMP pool, which on Linux is
+PyTorch's own (its ``libgomp.so.1`` is already loaded, and the kernel's dependency resolves to it). PyTorch's
+pool threads spin for a while after each op; threads of the kernel's own would wait for the cores they hold
+(measured: up to 8x slower calls at batch 1, BENCHMARKS.md). A compiler without OpenMP gets
+``-fopenmp-simd`` and POSIX threads started per call — the twin the tests compare with.  If the compiler is missing or fails, a warning is
 logged once and :func:`load_kernel` returns ``None`` (the dispatcher then uses the reference).
 
 Memory: the forward stores only (B, D, ceil(L / chunk), N) state checkpoints (plus the (B, D, L)
@@ -34,7 +40,10 @@ from mddose.utils.log import log_once
 SOURCE = Path(__file__).with_name("csrc") / "selective_scan.c"
 #: files SOURCE includes (part of the cache key)
 INCLUDES = (SOURCE.with_name("selective_scan_bwd.inc"),)
-CFLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC", "-pthread")
+CFLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC", "-pthread")
+#: threading flags, tried in this order: OpenMP (the process's pool), then POSIX threads (``-fopenmp-simd`` keeps
+#: the kernel's ``omp simd`` loops vectorised without the runtime)
+THREADING = {"openmp": ("-fopenmp",), "pthreads": ("-fopenmp-simd",)}
 #: added on x86 CPUs with AVX-512 (the compilers' default tuning keeps to 256-bit vectors; the kernel's
 #: channel blocks are one 512-bit vector, measured ~1.4x faster with it)
 AVX512_CFLAGS = ("-mprefer-vector-width=512",)
@@ -79,17 +88,26 @@ def cflags() -> tuple[str, ...]:
     return CFLAGS + AVX512_CFLAGS if x86 and " avx512f" in _machine_id() else CFLAGS
 
 
-def compile_kernel(cc: str, source: Path, output: Path, defines: tuple[str, ...]) -> None:
-    """Compile ``source`` into the shared library ``output`` (raises on failure)."""
-    obj = output.with_suffix(".o")
-    try:
-        for cmd in ([cc, *cflags(), *defines, "-c", str(source), "-o", str(obj)],
-                    [cc, str(obj), *LDFLAGS, "-o", str(output)]):
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-            if res.returncode != 0:
-                raise RuntimeError(f"{' '.join(cmd)} failed: {res.stderr.strip()[-2000:]}")
-    finally:
-        obj.unlink(missing_ok=True)
+def compile_kernel(cc: str, source: Path, output: Path, defines: tuple[str, ...],
+                   threading: str | None = None) -> str:
+    """Compile ``source`` into the shared library ``output`` (raises on failure); returns the threading used.
+
+    ``threading``: a key of :data:`THREADING`, or None for the first that compiles."""
+    errors = []
+    for name in ([threading] if threading else list(THREADING)):
+        obj = output.with_suffix(".o")
+        try:
+            for cmd in ([cc, *cflags(), *THREADING[name], *defines, "-c", str(source), "-o", str(obj)],
+                        [cc, str(obj), *LDFLAGS, *THREADING[name], "-o", str(output)]):
+                res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+                if res.returncode != 0:
+                    raise RuntimeError(f"{' '.join(cmd)} failed: {res.stderr.strip()[-2000:]}")
+            return name
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            errors.append(exc)
+        finally:
+            obj.unlink(missing_ok=True)
+    raise errors[-1]
 
 
 def _declare(lib: ctypes.CDLL, sfx: str) -> None:
@@ -102,6 +120,7 @@ def _declare(lib: ctypes.CDLL, sfx: str) -> None:
     bwd.restype = i32
     getattr(lib, f"scan_max_state_{sfx}").restype = i32
     getattr(lib, f"scan_max_directions_{sfx}").restype = i32
+    getattr(lib, f"scan_uses_openmp_{sfx}").restype = i32
     count = getattr(lib, f"scan_count_nonfinite_{sfx}")
     count.argtypes, count.restype = [p, i64], i64
     tr = getattr(lib, f"scan_transpose_{sfx}")
@@ -113,7 +132,8 @@ def _build(dtype: torch.dtype) -> ctypes.CDLL:
     defines = ("-DSCAN_DOUBLE",) if sfx == "f64" else ()
     cc = compiler()
     src = b"".join(p.read_bytes() for p in (SOURCE, *INCLUDES))
-    key = hashlib.sha256(b"\0".join([src, " ".join(cflags() + LDFLAGS + defines).encode(),
+    flags = cflags() + LDFLAGS + defines + tuple(f for v in THREADING.values() for f in v)
+    key = hashlib.sha256(b"\0".join([src, " ".join(flags).encode(),
                                      cc.encode(), _machine_id().encode()]))
     out_dir = cache_dir()
     try:
@@ -135,6 +155,8 @@ def _build(dtype: torch.dtype) -> ctypes.CDLL:
         log_once(f"scan-build-{sfx}", f"mddose: compiled selective-scan kernel {final}")
     lib = ctypes.CDLL(str(final))
     _declare(lib, sfx)
+    threads = "the OpenMP pool" if getattr(lib, f"scan_uses_openmp_{sfx}")() else "POSIX threads"
+    log_once(f"scan-threads-{sfx}", f"mddose: selective-scan kernel ({sfx}) runs on {threads}")
     return lib
 
 

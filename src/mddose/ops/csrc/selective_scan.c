@@ -119,6 +119,14 @@ static void *alloc_zero(size_t n_real) {
 
 int SFX(scan_max_state)(void) { return MAXN; }
 int SFX(scan_max_directions)(void) { return MAXK; }
+/* 1 when the workers run on the OpenMP pool, 0 for POSIX threads (see run_threads). */
+int SFX(scan_uses_openmp)(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
 
 /* dt[l] = softplus?(delta[l] + bias); sig[l] = d dt / d delta (only if sig != NULL). */
 /* dt = delta + bias, through softplus when asked (the forward's and the backward's tiles). */
@@ -180,7 +188,9 @@ static void set_err(job_t *j, int e) { __atomic_store_n(&j->err, e, __ATOMIC_REL
 
 /* Run worker(job) on nthreads threads (the caller is one of them) and join them.  Rows are handed
  * out dynamically in blocks of ~1/4 of a thread's share, so a thread descheduled on a busy machine
- * does not hold up the others, and waiting threads sleep in pthread_join instead of spinning. */
+ * does not hold up the others.  Built with OpenMP, the threads are those of the process's OpenMP pool —
+ * PyTorch's own on Linux (same libgomp): its workers spin for a while after each PyTorch op, and separate
+ * threads of ours would wait for a core they hold.  Otherwise POSIX threads, started per call. */
 static void run_threads(void *(*worker)(void *), job_t *j, int nthreads) {
     const int64_t rows = j->nb * j->nblk;
     if (nthreads < 1) nthreads = 1;
@@ -189,6 +199,14 @@ static void run_threads(void *(*worker)(void *), job_t *j, int nthreads) {
     if (j->nb * j->dim * j->L * j->N < 65536) nthreads = 1;   /* tiny problem: thread start-up would dominate */
     j->next = 0;
     j->block = rows / (4 * (int64_t)nthreads) > 0 ? rows / (4 * (int64_t)nthreads) : 1;
+    if (nthreads == 1) {
+        worker(j);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads)
+    worker(j);
+#else
     pthread_t th[256];
     int started = 0;
     for (int i = 1; i < nthreads; i++) {
@@ -197,6 +215,7 @@ static void run_threads(void *(*worker)(void *), job_t *j, int nthreads) {
     }
     worker(j);
     for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
+#endif
 }
 
 /* Split the Dk output channels into blocks of at most VW channels that stay inside one group of B/C in
