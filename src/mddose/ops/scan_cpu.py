@@ -11,7 +11,8 @@ Compilation writes a temporary file and renames it, so concurrent processes are 
 Threads: built with ``-fopenmp`` the kernel runs its rows on the process's OpenMP pool, which on Linux is
 PyTorch's own (its ``libgomp.so.1`` is already loaded, and the kernel's dependency resolves to it). PyTorch's
 pool threads spin for a while after each op; threads of the kernel's own would wait for the cores they hold
-(measured: up to 8x slower calls at batch 1, BENCHMARKS.md). A compiler without OpenMP gets
+(measured: up to 8x slower calls at batch 1, BENCHMARKS.md). Where PyTorch uses another OpenMP runtime (Intel's
+``libiomp5`` in some conda builds) the kernel gets a libgomp pool of its own. A compiler without OpenMP gets
 ``-fopenmp-simd`` and POSIX threads started per call — the twin the tests compare with.  If the compiler is missing or fails, a warning is
 logged once and :func:`load_kernel` returns ``None`` (the dispatcher then uses the reference).
 
