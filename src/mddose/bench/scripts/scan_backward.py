@@ -21,8 +21,8 @@ def scan_inputs(batch: int, channels: int, length: int, state: int, seed: int = 
     g = torch.Generator().manual_seed(seed)
     dim = 2 * channels
 
-    def leaf(*shape, scale=1.0, shift=0.0):
-        return (torch.randn(*shape, generator=g) * scale + shift).requires_grad_()
+    def leaf(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).requires_grad_()
 
     u, delta = leaf(batch, dim, length), leaf(batch, dim, length, scale=0.5)
     A = (-(torch.rand(dim, state, generator=g) * 4 + 0.1)).requires_grad_()

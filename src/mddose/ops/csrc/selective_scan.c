@@ -128,7 +128,6 @@ int SFX(scan_uses_openmp)(void) {
 #endif
 }
 
-/* dt[l] = softplus?(delta[l] + bias); sig[l] = d dt / d delta (only if sig != NULL). */
 /* dt = delta + bias, through softplus when asked (the forward's and the backward's tiles). */
 static void compute_dt(const real *restrict delta, real bias, int softplus, int64_t L, real *restrict dt) {
     if (!softplus) {
